@@ -1,0 +1,12 @@
+"""Models: HIP-NN, the e3nn equivariant model and ensembles, behind one interface (`Potential`)."""
+
+from .ensemble import Ensemble
+from .hipnn import HIPNN, HIPNNConfig
+from .potential import Potential, Prediction, edge_vectors, predict
+from .io import load_model, read_checkpoint
+from .registry import build_model, config_class, count_parameters, model_from_spec, model_spec
+
+__all__ = [
+    "Ensemble", "HIPNN", "HIPNNConfig", "Potential", "Prediction", "edge_vectors", "predict",
+    "load_model", "read_checkpoint", "build_model", "config_class", "count_parameters", "model_from_spec", "model_spec",
+]

@@ -1,0 +1,146 @@
+"""HIP-NN: the Hierarchically Interacting Particle Neural Network (Lubbers, Smith, Barros,
+J. Chem. Phys. 148, 241715 (2018)), written for ekd.
+
+    z⁰_i      = one-hot(species_i)
+    z^{l}_i   = f( Σ_j Σ_ν s_ν(r_ij) W^l_ν z^{l-1}_j + U^l z^{l-1}_i + b^l )   interaction layer
+    z^{l}_i   ← f( A z^{l}_i + c )  (× n_atom_layers)                          atom layers
+    E^{l}_i   = w^l · z^{l}_i                                                  hierarchical energy
+    E_i       = Σ_l E^{l}_i                                                    (+ reference ε_species)
+
+The neighbour sum Σ_j s_ν(r_ij) z_j is a batched matrix product in the padded neighbour
+layout (see `graph.py`), so memory is O(edges × features), never edges × sensitivities × features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from .graph import neighbor_slots, to_padded
+from .potential import Potential
+from .radial import InverseGaussianSensitivity
+
+ACTIVATIONS = {"softplus": nn.Softplus, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+@dataclass
+class HIPNNConfig:
+    """HIP-NN hyperparameters. Defaults: the published ANI-1ccx teacher setting.
+
+    n_features:       width of every interaction and atom layer.
+    n_sensitivities:  number of distance sensitivities ν.
+    n_interactions:   message-passing (interaction) layers; receptive field = this × cutoff.
+    n_atom_layers:    fully connected layers after each interaction layer.
+    cutoff:           hard cutoff (Å); the sensitivities vanish smoothly there.
+    soft_min, soft_max: range (Å) of the sensitivity centres.
+    activation:       softplus | silu | tanh.
+    resnet:           residual atom layers (z ← z + f(A z + c)).
+    """
+
+    n_features: int = 128
+    n_sensitivities: int = 20
+    n_interactions: int = 2
+    n_atom_layers: int = 3
+    cutoff: float = 6.5
+    soft_min: float = 0.75
+    soft_max: float = 5.5
+    activation: str = "softplus"
+    resnet: bool = False
+
+    def check(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; known: {', '.join(ACTIVATIONS)}")
+        for name in ("n_features", "n_sensitivities", "n_interactions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_atom_layers < 0:
+            raise ValueError(f"n_atom_layers must be >= 0, got {self.n_atom_layers}")
+
+
+class InteractionLayer(nn.Module):
+    """z_i ← f( Σ_ν W_ν (Σ_j s_ν(r_ij) z_j) + U z_i + b ), neighbour sum in the padded layout."""
+
+    def __init__(self, n_in: int, n_out: int, n_sensitivities: int, activation: nn.Module) -> None:
+        super().__init__()
+        self.n_in, self.n_sensitivities = n_in, n_sensitivities
+        self.interaction = nn.Linear(n_sensitivities * n_in, n_out, bias=False)
+        self.self_interaction = nn.Linear(n_in, n_out)
+        self.activation = activation
+        # Each Σ_j s_ν z_j adds up ~degree terms: scale the initial weights down accordingly.
+        with torch.no_grad():
+            self.interaction.weight.mul_(0.5)
+
+    def forward(self, z: torch.Tensor, padded_sensitivity_t: torch.Tensor, receivers: torch.Tensor,
+                senders: torch.Tensor, slots: torch.Tensor, max_degree: int) -> torch.Tensor:
+        n_nodes = z.shape[0]
+        neighbours = to_padded(z[senders], receivers, slots, n_nodes, max_degree)   # (N, K, F)
+        environment = torch.bmm(padded_sensitivity_t, neighbours)                   # (N, ν, F)
+        message = self.interaction(environment.reshape(n_nodes, self.n_sensitivities * self.n_in))
+        return self.activation(message + self.self_interaction(z))
+
+
+class AtomLayer(nn.Module):
+    def __init__(self, n_features: int, activation: nn.Module, resnet: bool) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_features, n_features)
+        self.activation = activation
+        self.resnet = resnet
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.activation(self.linear(z))
+        return z + out if self.resnet else out
+
+
+class HIPNNBlock(nn.Module):
+    """One hierarchy level: an interaction layer, its atom layers and its energy head."""
+
+    def __init__(self, n_in: int, config: HIPNNConfig) -> None:
+        super().__init__()
+        width, act = config.n_features, ACTIVATIONS[config.activation]
+        self.interaction = InteractionLayer(n_in, width, config.n_sensitivities, act())
+        self.atom_layers = nn.Sequential(*[AtomLayer(width, act(), config.resnet)
+                                           for _ in range(config.n_atom_layers)])
+        self.energy_head = nn.Linear(width, 1)
+        with torch.no_grad():
+            self.energy_head.weight.mul_(0.1)
+            self.energy_head.bias.zero_()
+
+    def forward(self, z: torch.Tensor, padded_sensitivity_t: torch.Tensor, receivers: torch.Tensor,
+                senders: torch.Tensor, slots: torch.Tensor, max_degree: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        z = self.atom_layers(self.interaction(z, padded_sensitivity_t, receivers, senders, slots, max_degree))
+        return z, self.energy_head(z).squeeze(-1)
+
+
+class HIPNN(Potential):
+    """HIP-NN energy model; `forward` returns the hierarchical per-atom energy terms (N, 1 + L)."""
+
+    def __init__(self, elements: List[int], config: HIPNNConfig) -> None:
+        config.check()
+        super().__init__("hipnn", elements, config.cutoff, config.n_interactions)
+        self.config = config
+        self.sensitivity = InverseGaussianSensitivity(config.n_sensitivities, config.soft_min,
+                                                      config.soft_max, config.cutoff)
+        self.species_energy = nn.Linear(len(elements), 1, bias=False)
+        nn.init.zeros_(self.species_energy.weight)
+        widths = [len(elements)] + [config.n_features] * config.n_interactions
+        self.blocks = nn.ModuleList([HIPNNBlock(n_in, config) for n_in in widths[:-1]])
+
+    def hyperparameters(self) -> Dict[str, Any]:
+        return asdict(self.config)
+
+    def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                species: torch.Tensor) -> torch.Tensor:
+        n_nodes = species.shape[0]
+        z = nn.functional.one_hot(species, self.n_species).to(edge_vectors.dtype)
+        terms = [self.species_energy(z).squeeze(-1)]
+        slots, max_degree = neighbor_slots(receivers, n_nodes)
+        distances = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        sensitivity = self.sensitivity(distances)                                        # (E, ν)
+        padded_t = to_padded(sensitivity, receivers, slots, n_nodes, max_degree).transpose(1, 2)
+        for block in self.blocks:
+            z, energy = block(z, padded_t, receivers, senders, slots, max_degree)
+            terms.append(energy)
+        return torch.stack(terms, dim=1)

@@ -1,0 +1,44 @@
+"""Reading trained models back from ekd checkpoints (written by `ekd.training`).
+
+Lives with the models so that readers of trained models (export, evaluation, the
+calculator) need not import the training code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from ..errors import ModelFileError
+from .potential import Potential
+from .registry import model_from_spec
+
+CHECKPOINT_FORMAT = "ekd-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def read_checkpoint(path: Path) -> Dict[str, Any]:
+    """The checkpoint dictionary, after checking it is one of ours."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types for corrupt files
+        raise ModelFileError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{path}: not an ekd checkpoint")
+    if int(state.get("version", 0)) > CHECKPOINT_VERSION:
+        raise ModelFileError(f"{path}: checkpoint version {state['version']} is newer than this ekd "
+                             f"understands ({CHECKPOINT_VERSION}); upgrade ekd")
+    return state
+
+
+def load_model(path: Path) -> Potential:
+    """The best weights of a checkpoint, as a model in the checkpoint's dtype, in eval mode."""
+    state = read_checkpoint(path)
+    model = model_from_spec(state["model_spec"]).to(getattr(torch, state.get("dtype", "float32")))
+    model.load_state_dict(state["best_state"])
+    return model.eval()

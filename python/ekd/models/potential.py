@@ -1,0 +1,76 @@
+"""The interface every ekd model implements, and evaluation of energies and forces on a batch.
+
+A `Potential` maps a graph (edge vectors, receivers, senders, species) to per-atom energy
+terms of shape (N, T) in the model dtype, *without* the per-element reference energies: the
+network learns the small remainder left after the composition fit, which keeps float32
+training precise. The terms sum to the atom's network energy (HIP-NN uses T = 1 + layers for
+its hierarchical energies; other models T = 1). Reference energies (eV, float64) travel with
+the model and are added in float64 wherever full energies are needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .graph import scatter_sum
+
+
+class Potential(nn.Module):
+    """Base class: element list, cutoff, number of message-passing layers, reference energies."""
+
+    def __init__(self, kind: str, elements: List[int], cutoff: float, num_interactions: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.elements: List[int] = list(elements)
+        self.n_species = len(elements)
+        self.cutoff = float(cutoff)
+        self.num_interactions = int(num_interactions)
+        self.reference_energies: List[float] = [0.0] * len(elements)
+
+    def hyperparameters(self) -> Dict[str, Any]:  # pragma: no cover - every model overrides
+        raise NotImplementedError
+
+    def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                species: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def reference_tensor(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor(self.reference_energies, dtype=torch.float64, device=device)
+
+
+@dataclass
+class Prediction:
+    """Network (residual) energies per conformation and atom, forces, and the energy terms."""
+
+    energy: torch.Tensor
+    atom_energy: torch.Tensor
+    forces: Optional[torch.Tensor]
+    terms: torch.Tensor
+
+
+def edge_vectors(positions: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                 shifts: Optional[torch.Tensor]) -> torch.Tensor:
+    """x(sender image) − x(receiver)."""
+    vectors = positions[senders] - positions[receivers]
+    return vectors if shifts is None else vectors + shifts
+
+
+def predict(model: nn.Module, batch: Any, forces: bool = True, create_graph: bool = False) -> Prediction:
+    """Energies (without references) and forces −dE/dR of a `ekd.data.Batch`.
+
+    create_graph=True keeps the graph of the forces, as training on forces needs.
+    """
+    positions = batch.positions.detach().requires_grad_(forces)
+    vectors = edge_vectors(positions, batch.receivers, batch.senders, batch.shifts)
+    terms = model(vectors, batch.receivers, batch.senders, batch.species)
+    atom_energy = terms.sum(dim=1)
+    energy = scatter_sum(atom_energy, batch.conformation, batch.n_conformations)
+    force = None
+    if forces:
+        (gradient,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
+        force = -gradient
+    return Prediction(energy=energy, atom_energy=atom_energy, forces=force, terms=terms)

@@ -1,0 +1,41 @@
+"""Distance features: the smooth cutoff and HIP-NN's inverse-distance Gaussian sensitivities."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """cos²(π r / 2 r_c) inside the cutoff, 0 outside: value and slope vanish at r_c."""
+    inside = r < cutoff
+    phi = torch.cos(0.5 * math.pi * r / cutoff) ** 2
+    return torch.where(inside, phi, torch.zeros_like(phi))
+
+
+class InverseGaussianSensitivity(nn.Module):
+    """s_ν(r) = exp(-(1/r - 1/μ_ν)² / 2σ_ν²) · φ_cut(r)  (Lubbers, Smith, Barros 2018).
+
+    Centres are evenly spaced in 1/r between 1/soft_max and 1/soft_min, so resolution is
+    finest at short range; below soft_min the Gaussians decay, which keeps energies smooth
+    for close contacts. Centres and widths are trainable.
+    """
+
+    def __init__(self, n_sensitivities: int, soft_min: float, soft_max: float, cutoff: float) -> None:
+        super().__init__()
+        if not 0.0 < soft_min < soft_max <= cutoff:
+            raise ValueError(f"need 0 < soft_min < soft_max <= cutoff, got {soft_min}, {soft_max}, {cutoff}")
+        inverse_centres = torch.linspace(1.0 / soft_max, 1.0 / soft_min, n_sensitivities, dtype=torch.float64)
+        spacing = (1.0 / soft_min - 1.0 / soft_max) / max(n_sensitivities - 1, 1)
+        dtype = torch.get_default_dtype()
+        self.inverse_centres = nn.Parameter(inverse_centres.to(dtype))
+        self.inverse_widths = nn.Parameter(torch.full((n_sensitivities,), spacing, dtype=dtype))
+        self.cutoff = cutoff
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        """(E,) distances → (E, n_sensitivities)."""
+        inv = 1.0 / r.unsqueeze(-1)
+        gauss = torch.exp(-0.5 * ((inv - self.inverse_centres) / self.inverse_widths) ** 2)
+        return gauss * cosine_cutoff(r, self.cutoff).unsqueeze(-1)
