@@ -1,0 +1,48 @@
+"""Shared fixtures: tolerances per dtype, the embedded data set, the shared reference data,
+small random molecules, and a tiny trained run reused by several test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ekd.config import EMBEDDED_DATA
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Tolerances of ../shared/DESIGN.md §4, by dtype.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not available (the shared reference data sit beside the project checkout)")
+    return path
+
+
+@pytest.fixture(params=[torch.float64, torch.float32], ids=["float64", "float32"])
+def dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    return request.param
+
+
+@pytest.fixture
+def embedded_data() -> Path:
+    assert EMBEDDED_DATA.exists(), f"the embedded data set {EMBEDDED_DATA} is part of the package"
+    return EMBEDDED_DATA
+
+
+def random_molecule(n_atoms: int, seed: int, species: tuple[int, ...] = (1, 6, 7, 8),
+                    min_distance: float = 0.9, box: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """Atomic numbers and positions (Å) of a random compact cluster with no close contacts."""
+    rng = np.random.default_rng(seed)
+    positions: list[np.ndarray] = []
+    while len(positions) < n_atoms:
+        trial = rng.uniform(0.0, box, size=3)
+        if all(np.linalg.norm(trial - p) >= min_distance for p in positions):
+            positions.append(trial)
+    return rng.choice(species, size=n_atoms), np.array(positions)

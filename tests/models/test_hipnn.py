@@ -1,0 +1,160 @@
+"""HIP-NN physics: invariances, forces as finite differences, smoothness at the cutoff, the
+TorchScript version, graph edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ekd.models import HIPNN, HIPNNConfig
+from ekd.models.graph import neighbor_slots
+from tests.conftest import TOLERANCE, random_molecule
+
+ELEMENTS = [1, 6, 7, 8]
+
+
+def make_model(dtype: torch.dtype, **overrides) -> HIPNN:
+    torch.manual_seed(0)
+    config = HIPNNConfig(**{"n_features": 16, "n_sensitivities": 8, "n_interactions": 2, "n_atom_layers": 2,
+                            "cutoff": 4.0, "soft_max": 3.5, **overrides})
+    model = HIPNN(ELEMENTS, config).to(dtype)
+    # Larger head weights than the training initialisation, so every layer matters in the tests.
+    with torch.no_grad():
+        for block in model.blocks:
+            block.energy_head.weight.normal_(0.0, 1.0)
+    return model
+
+
+def all_edges(positions: torch.Tensor, cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
+    n = positions.shape[0]
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    keep = (i != j) & (torch.cdist(positions, positions) < cutoff)
+    return i[keep], j[keep]
+
+
+def energy(model: HIPNN, species: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    receivers, senders = all_edges(positions.detach(), model.cutoff)
+    vectors = positions[senders] - positions[receivers]
+    return model(vectors, receivers, senders, species).sum()
+
+
+def molecule(dtype: torch.dtype, n: int = 9, seed: int = 1):
+    z, x = random_molecule(n, seed)
+    species = torch.as_tensor([ELEMENTS.index(v) for v in z])
+    return species, torch.as_tensor(x, dtype=dtype)
+
+
+def random_rotation(seed: int, dtype: torch.dtype) -> torch.Tensor:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return torch.as_tensor(q, dtype=dtype)
+
+
+def test_rotation_translation_reflection_invariance(dtype: torch.dtype) -> None:
+    model = make_model(dtype)
+    species, x = molecule(dtype)
+    e0 = energy(model, species, x)
+    moved = x @ random_rotation(3, dtype).T + torch.tensor([1.5, -2.0, 0.7], dtype=dtype)
+    mirrored = x * torch.tensor([-1.0, 1.0, 1.0], dtype=dtype)
+    tol = TOLERANCE[dtype] * max(1.0, abs(e0.item()))
+    assert abs(energy(model, species, moved) - e0) < tol
+    assert abs(energy(model, species, mirrored) - e0) < tol
+
+
+def test_permutation_invariance(dtype: torch.dtype) -> None:
+    model = make_model(dtype)
+    species, x = molecule(dtype)
+    perm = torch.randperm(len(species), generator=torch.Generator().manual_seed(5))
+    e0 = energy(model, species, x)
+    assert abs(energy(model, species[perm], x[perm]) - e0) < TOLERANCE[dtype] * max(1.0, abs(e0.item()))
+
+
+def test_forces_equal_central_finite_differences() -> None:
+    model = make_model(torch.float64)
+    species, x = molecule(torch.float64)
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy(model, species, x), x)
+    h = 1e-5
+    numeric = torch.zeros_like(x)
+    with torch.no_grad():
+        for a in range(x.shape[0]):
+            for k in range(3):
+                plus, minus = x.detach().clone(), x.detach().clone()
+                plus[a, k] += h
+                minus[a, k] -= h
+                numeric[a, k] = (energy(model, species, plus) - energy(model, species, minus)) / (2 * h)
+    assert grad.abs().max() > 1e-3, "forces must not be trivially zero"
+    assert torch.allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_energy_and_force_continuous_at_cutoff() -> None:
+    model = make_model(torch.float64, n_interactions=1)
+    species = torch.tensor([1, 3])
+    eps = 1e-7
+
+    def pair(r: float) -> tuple[float, float]:
+        x = torch.tensor([[0.0, 0.0, 0.0], [r, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+        e = energy(model, species, x)
+        (g,) = torch.autograd.grad(e, x)
+        return e.item(), g[1, 0].item()
+
+    e_in, f_in = pair(model.cutoff - eps)
+    e_out, f_out = pair(model.cutoff + eps)
+    assert abs(e_in - e_out) < 1e-10
+    assert abs(f_in) < 1e-8 and f_out == 0.0
+
+
+def test_torchscript_equals_eager(dtype: torch.dtype) -> None:
+    model = make_model(dtype)
+    scripted = torch.jit.script(model)
+    species, x = molecule(dtype, n=12, seed=4)
+    receivers, senders = all_edges(x, model.cutoff)
+    vectors = x[senders] - x[receivers]
+    eager = model(vectors, receivers, senders, species)
+    assert torch.equal(scripted(vectors, receivers, senders, species), eager)
+
+
+def test_hierarchical_terms_shape() -> None:
+    model = make_model(torch.float64, n_interactions=3)
+    species, x = molecule(torch.float64, n=5)
+    receivers, senders = all_edges(x, model.cutoff)
+    terms = model(x[senders] - x[receivers], receivers, senders, species)
+    assert terms.shape == (5, 4)  # one-hot level + three interaction levels
+
+
+def test_isolated_atoms_and_no_edges() -> None:
+    model = make_model(torch.float64)
+    species = torch.tensor([0, 1, 3])
+    empty = torch.zeros(0, dtype=torch.long)
+    terms = model(torch.zeros(0, 3, dtype=torch.float64), empty, empty, species)
+    assert terms.shape == (3, 3) and torch.isfinite(terms).all()
+    far = torch.tensor([[0.0, 0, 0], [10.0, 0, 0], [20.0, 0, 0]], dtype=torch.float64)
+    assert torch.allclose(energy(model, species, far), terms.sum())
+
+
+def test_edge_order_does_not_matter() -> None:
+    model = make_model(torch.float64)
+    species, x = molecule(torch.float64, n=10, seed=7)
+    receivers, senders = all_edges(x, model.cutoff)
+    perm = torch.randperm(len(receivers), generator=torch.Generator().manual_seed(2))
+    vectors = x[senders] - x[receivers]
+    sorted_out = model(vectors, receivers, senders, species)
+    shuffled_out = model(vectors[perm], receivers[perm], senders[perm], species)
+    assert torch.allclose(sorted_out, shuffled_out, rtol=1e-12, atol=1e-12)
+
+
+def test_neighbor_slots_unsorted() -> None:
+    receivers = torch.tensor([2, 0, 2, 1, 0, 2])
+    slots, max_degree = neighbor_slots(receivers, 4)
+    assert max_degree == 3
+    for node in range(4):
+        assert sorted(slots[receivers == node].tolist()) == list(range(int((receivers == node).sum())))
+
+
+@pytest.mark.parametrize("bad", [{"n_features": 0}, {"activation": "relu6"}, {"soft_min": 5.0, "soft_max": 4.0}])
+def test_bad_hyperparameters_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        HIPNN(ELEMENTS, HIPNNConfig(**bad))
