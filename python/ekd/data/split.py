@@ -9,13 +9,13 @@ at random from the rest.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..fileio import atomic_write_text
 from .dataset import AtomsData
 
 SPLITS = ("train", "val", "test")
@@ -77,9 +77,7 @@ def make_split(data: AtomsData, spec: SplitSpec) -> dict[str, np.ndarray]:
 
 def save_split(split: dict[str, np.ndarray], path: Path) -> None:
     """Write the split as JSON atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({k: v.tolist() for k, v in split.items()}))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({k: v.tolist() for k, v in split.items()}))
 
 
 def load_split(path: Path, n_conformations: int) -> dict[str, np.ndarray]:

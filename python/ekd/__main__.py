@@ -1,0 +1,7 @@
+"""`python -m ekd` is `python -m ekd.train`."""
+
+import sys
+
+from .train import main
+
+sys.exit(main())

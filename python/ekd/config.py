@@ -1,0 +1,280 @@
+"""The run configuration: one TOML file, one dataclass per table, strict about unknown keys.
+
+Every table and key is documented in `docs/config.md`; `python -m ekd.train --print-config`
+prints the resolved configuration of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .data import DataSpec, SplitSpec
+from .errors import ConfigError
+from .models import config_class
+from .training import TrainConfig
+
+EMBEDDED_DATA = Path(__file__).parent / "embedded" / "chno_ccsdt.h5"
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
+
+
+@dataclass
+class RunSettings:
+    """[run] seed: base seed of every random choice; dtype: float32 | float64 (training and
+    inference); device: cpu | cuda; threads: torch intra-op threads (0 = all cores; speed only,
+    so a run may be resumed with another value)."""
+
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int = 0
+
+
+@dataclass
+class ReferenceSettings:
+    """[references] mode: fit (least squares on the training split) | fixed (use `values`);
+    values: eV per element symbol, e.g. {H = -13.6, O = -2041.0}."""
+
+    mode: str = "fit"
+    values: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ModelChoice:
+    """A model kind and its hyperparameters (the `model` sub-table)."""
+
+    kind: str = "hipnn"
+    model: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TeachersSettings:
+    """[teachers] count: ensemble size; kind / model: architecture of every teacher;
+    members: optional per-teacher overrides [{kind, model, seed}], one per teacher;
+    bootstrap: train each teacher on a bootstrap resample of the training split;
+    train: [teachers.train] (energies only: forces_weight and atom_energy_weight must be 0)."""
+
+    count: int = 4
+    kind: str = "hipnn"
+    model: Dict[str, Any] = field(default_factory=dict)
+    members: List[Dict[str, Any]] = field(default_factory=list)
+    bootstrap: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def member(self, k: int, run_seed: int) -> tuple[str, Dict[str, Any], int]:
+        """Kind, hyperparameters and seed of teacher k."""
+        override = self.members[k] if self.members else {}
+        kind = override.get("kind", self.kind)
+        hyper = {**(self.model if kind == self.kind else {}), **override.get("model", {})}
+        return kind, hyper, int(override.get("seed", run_seed + k))
+
+
+def _student_train() -> TrainConfig:
+    return TrainConfig(forces_weight=1.0)
+
+
+@dataclass
+class StudentSettings:
+    """[student] kind / model: the student's architecture (the baseline uses the same);
+    train: [student.train], with forces_weight > 0 (ensemble-mean forces) and optionally
+    atom_energy_weight > 0 (ensemble-mean atomic energies)."""
+
+    kind: str = "hipnn"
+    model: Dict[str, Any] = field(default_factory=lambda: {
+        "n_features": 48, "n_sensitivities": 16, "n_interactions": 1, "n_atom_layers": 3, "cutoff": 5.5,
+        "soft_max": 4.5})
+    train: TrainConfig = field(default_factory=_student_train)
+
+
+@dataclass
+class BaselineSettings:
+    """[baseline] enabled: also train an energy-only model of the student's architecture and
+    training settings (forces and atomic-energy weights set to 0), to show what distillation bought."""
+
+    enabled: bool = True
+
+
+@dataclass
+class LabelSettings:
+    """[labels] batch_size: conformations per batch while the teachers label the data."""
+
+    batch_size: int = 256
+
+
+@dataclass
+class RunConfig:
+    """A whole EKD run."""
+
+    data: DataSpec
+    run: RunSettings = field(default_factory=RunSettings)
+    split: SplitSpec = field(default_factory=SplitSpec)
+    references: ReferenceSettings = field(default_factory=ReferenceSettings)
+    teachers: TeachersSettings = field(default_factory=TeachersSettings)
+    labels: LabelSettings = field(default_factory=LabelSettings)
+    student: StudentSettings = field(default_factory=StudentSettings)
+    baseline: BaselineSettings = field(default_factory=BaselineSettings)
+    description: str = ""
+
+    def check(self) -> "RunConfig":
+        if self.run.dtype not in ("float32", "float64"):
+            raise ConfigError(f"[run] dtype must be float32 or float64, got {self.run.dtype!r}")
+        if self.run.device not in ("cpu", "cuda"):
+            raise ConfigError(f"[run] device must be cpu or cuda, got {self.run.device!r}")
+        if self.references.mode not in ("fit", "fixed"):
+            raise ConfigError(f"[references] mode must be 'fit' or 'fixed', got {self.references.mode!r}")
+        if self.references.mode == "fixed" and not self.references.values:
+            raise ConfigError("[references] mode = 'fixed' needs values = {element = eV, ...}")
+        if self.references.mode == "fit" and self.references.values:
+            raise ConfigError("[references] values are given but mode = 'fit' ignores them; "
+                              "set mode = 'fixed' or remove values")
+        self.split.check()
+        if self.split.test_selection == "has_forces" and self.split.test_fraction not in (0.0, SplitSpec.test_fraction):
+            raise ConfigError("[split] test_fraction conflicts with test_selection = 'has_forces' "
+                              "(the test set is every conformation with forces); remove test_fraction")
+        teachers = self.teachers
+        if teachers.count < 1:
+            raise ConfigError(f"[teachers] count must be at least 1, got {teachers.count}")
+        if teachers.members and len(teachers.members) != teachers.count:
+            raise ConfigError(f"[teachers] members lists {len(teachers.members)} teachers but count = "
+                              f"{teachers.count}")
+        for k, member in enumerate(teachers.members):
+            unknown = set(member) - {"kind", "model", "seed"}
+            if unknown:
+                raise ConfigError(f"[[teachers.members]] {k}: unknown key(s) {', '.join(sorted(unknown))}; "
+                                  "known: kind, model, seed")
+        if teachers.train.forces_weight or teachers.train.atom_energy_weight:
+            raise ConfigError("[teachers.train] forces_weight and atom_energy_weight must be 0: "
+                              "teachers learn from energies only")
+        if not teachers.train.energy_weight:
+            raise ConfigError("[teachers.train] energy_weight must be positive")
+        if self.student.train.forces_weight <= 0 and self.student.train.atom_energy_weight <= 0:
+            raise ConfigError("[student.train] forces_weight and atom_energy_weight are both 0: the student "
+                              "would learn nothing from the teachers")
+        teachers.train.check("teachers.train")
+        self.student.train.check("student.train")
+        for k in range(teachers.count):
+            kind, hyper, _ = teachers.member(k, self.run.seed)
+            _check_hyperparameters(kind, hyper, f"teacher {k}")
+        _check_hyperparameters(self.student.kind, self.student.model, "student")
+        return self
+
+
+def _check_hyperparameters(kind: str, hyper: Dict[str, Any], where: str) -> None:
+    cls = config_class(kind)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(hyper) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown {kind} hyperparameter(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
+    try:
+        cls(**hyper).check()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+# ---- reading and writing ------------------------------------------------------------------------
+
+def _from_table(base: Any, table: Dict[str, Any], where: str) -> Any:
+    """`base` (a dataclass instance holding the defaults) updated from a TOML table, refusing
+    unknown keys and wrong types. Sub-tables update the default sub-dataclass; free-form
+    tables (`model`) update the default dictionary key by key."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    fields = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(table) - fields)
+    if unknown:
+        place = f"[{where}]" if where else "the top level"
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {place}; known: {', '.join(sorted(fields))}")
+    values: Dict[str, Any] = {}
+    for name, value in table.items():
+        default = getattr(base, name)
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(default):
+            values[name] = _from_table(default, value, key)
+        elif isinstance(default, dict) and name == "model":
+            values[name] = {**default, **_coerce(value, default, key)}
+        else:
+            values[name] = _coerce(value, default, key)
+    return dataclasses.replace(base, **values)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if default is None or isinstance(value, type(default)):
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"{where} must be {type(default).__name__}, got {type(value).__name__} {value!r}")
+
+
+def config_from_dict(raw: Dict[str, Any], source: str = "<dict>") -> RunConfig:
+    """A checked RunConfig from a parsed TOML document."""
+    raw = dict(raw)
+    data_table = raw.pop("data", None)
+    if data_table is None:
+        raise ConfigError(f"{source}: the [data] table is missing (at least: path = \"...\")")
+    if "path" not in data_table:
+        raise ConfigError(f"{source}: [data] needs path")
+    data = _from_table(DataSpec(path=""), data_table, "data")
+    return _from_table(RunConfig(data=data), raw, "").check()
+
+
+def load_config(path: Optional[Path]) -> RunConfig:
+    """Read a TOML run config; None gives the default run on the embedded data set."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    data = raw.get("data", {})
+    if isinstance(data, dict) and data.get("path") == "embedded":
+        data["path"] = str(EMBEDDED_DATA)
+    elif isinstance(data, dict) and "path" in data and not Path(data["path"]).is_absolute():
+        data["path"] = str((path.parent / data["path"]).resolve())
+    return config_from_dict(raw, str(path))
+
+
+def config_to_toml(config: RunConfig) -> str:
+    """The resolved config as TOML (written to the run directory)."""
+    return _toml_tables(dataclasses.asdict(config))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").isalnum() else _toml_value(key)
+
+
+def _toml_tables(tree: Dict[str, Any], prefix: str = "") -> str:
+    scalars = {k: v for k, v in tree.items() if not (isinstance(v, dict) and _is_table(k, prefix))}
+    tables = {k: v for k, v in tree.items() if k not in scalars}
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars.items()]
+    out = ""
+    if prefix and lines:
+        out += f"[{prefix}]\n"
+    if lines:
+        out += "\n".join(lines) + "\n\n"
+    for k, v in tables.items():
+        out += _toml_tables(v, f"{prefix}.{k}" if prefix else k)
+    return out
+
+
+def _is_table(key: str, prefix: str) -> bool:
+    """Dataclass sub-tables become [tables]; free-form dicts (model, values) stay inline."""
+    return not (key in ("model", "values") or (prefix.endswith("model")))

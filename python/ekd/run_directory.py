@@ -1,0 +1,159 @@
+"""A run directory: its layout, its saved config, and the prepared data every stage shares.
+
+    <out>/config.toml          the resolved configuration (a later invocation must match it)
+    <out>/split.json           train/val/test conformation indices
+    <out>/references.json      per-element reference energies (eV)
+    <out>/teachers/teacher_k/  checkpoint.pt, metrics.jsonl
+    <out>/labels.h5            the teachers' labels (see ekd.distill.labels)
+    <out>/student/, baseline/  checkpoint.pt, metrics.jsonl
+    <out>/summary.json, summary.md, plots/*.png
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from .config import RunConfig, config_to_toml
+from .data import (AtomsData, GraphData, ReadReport, describe, fit_reference_energies, load_split, make_split,
+                   read_data, residual_energy, save_split)
+from .errors import ConfigError, DataError
+from .fileio import atomic_write_text
+
+
+@dataclass
+class RunDirectory:
+    """Paths of a run and its prepared data (read once per invocation)."""
+
+    root: Path
+    config: RunConfig
+    data: AtomsData
+    split: Dict[str, np.ndarray]
+    elements: List[int]
+    references: np.ndarray
+    progress: bool = True
+    log: List[str] = field(default_factory=list)
+    _graphs: Dict[float, GraphData] = field(default_factory=dict)
+
+    # ---- layout ----------------------------------------------------------------------------
+    def teacher_dir(self, k: int) -> Path:
+        return self.root / "teachers" / f"teacher_{k}"
+
+    @property
+    def labels_path(self) -> Path:
+        return self.root / "labels.h5"
+
+    @property
+    def student_dir(self) -> Path:
+        return self.root / "student"
+
+    @property
+    def baseline_dir(self) -> Path:
+        return self.root / "baseline"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.config.run.dtype)
+
+    # ---- data -------------------------------------------------------------------------------
+    def residual_energy(self) -> np.ndarray:
+        """What the networks learn: energy minus the per-element reference part (eV, float64)."""
+        return residual_energy(self.data, self.elements, self.references)
+
+    def graph(self, cutoff: float, atom_labels: Dict[str, np.ndarray] | None = None) -> GraphData:
+        """The data as a batchable graph for models with this cutoff (cached without extra labels)."""
+        if atom_labels:
+            return GraphData(self.data, self.elements, cutoff, self.dtype, self.config.run.device,
+                             conformation_labels={"energy": self.residual_energy()}, atom_labels=atom_labels)
+        if cutoff not in self._graphs:
+            self._graphs[cutoff] = GraphData(self.data, self.elements, cutoff, self.dtype, self.config.run.device,
+                                             conformation_labels={"energy": self.residual_energy()})
+        return self._graphs[cutoff]
+
+
+def open_run(root: Path, config: RunConfig, progress: bool = True) -> RunDirectory:
+    """Create or reopen a run directory; the config must match the one it was started with."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    _check_or_save_config(root, config)
+    report = ReadReport()
+    data = read_data(config.data, report)
+    log = [describe(data)]
+    if report.skipped_nan_energy:
+        log.append(f"skipped {report.skipped_nan_energy} conformations whose energy is NaN")
+    split = _split(root, data, config)
+    log.append("split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+    elements = data.elements
+    references = _references(root, data.subset(split["train"]), elements, config)
+    return RunDirectory(root=root, config=config, data=data, split=split, elements=elements,
+                        references=references, progress=progress, log=log)
+
+
+def _check_or_save_config(root: Path, config: RunConfig) -> None:
+    path = root / "config.toml"
+    text = config_to_toml(config)
+    if path.exists():
+        saved = tomllib.loads(path.read_text())
+        current = tomllib.loads(text)
+        for table in (saved, current):  # speed-only settings may change between invocations
+            table.get("run", {}).pop("threads", None)
+        if saved != current:
+            diff = _first_difference(saved, current)
+            raise ConfigError(f"{path}: this run was started with a different configuration ({diff}); "
+                              "use the same config, or a new --out directory")
+        return
+    atomic_write_text(path, text)
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for key in sorted(set(a) | set(b)):
+        where = f"{prefix}.{key}" if prefix else key
+        if key not in a or key not in b:
+            return f"{where} is only in {'the saved' if key in a else 'the new'} config"
+        if isinstance(a[key], dict) and isinstance(b[key], dict):
+            found = _first_difference(a[key], b[key], where)
+            if found:
+                return found
+        elif a[key] != b[key]:
+            return f"{where}: saved {a[key]!r}, now {b[key]!r}"
+    return ""
+
+
+def _split(root: Path, data: AtomsData, config: RunConfig) -> Dict[str, np.ndarray]:
+    path = root / "split.json"
+    if path.exists():
+        return load_split(path, len(data))
+    split = make_split(data, config.split)
+    save_split(split, path)
+    return split
+
+
+def _references(root: Path, train: AtomsData, elements: List[int], config: RunConfig) -> np.ndarray:
+    from ase.data import atomic_numbers, chemical_symbols
+
+    path = root / "references.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return np.array([saved[chemical_symbols[z]] for z in elements])
+    if config.references.mode == "fixed":
+        values = config.references.values
+        missing = [chemical_symbols[z] for z in elements if chemical_symbols[z] not in values]
+        if missing:
+            raise ConfigError(f"[references] values lack element(s) {', '.join(missing)}")
+        unknown = [s for s in values if s not in atomic_numbers]
+        if unknown:
+            raise ConfigError(f"[references] values: unknown element symbol(s) {', '.join(unknown)}")
+        references = np.array([float(values[chemical_symbols[z]]) for z in elements])
+    else:
+        references = fit_reference_energies(train, elements)
+    if not np.all(np.isfinite(references)):
+        raise DataError(f"{train.source}: reference energies are not finite")
+    atomic_write_text(path, json.dumps({chemical_symbols[z]: float(v) for z, v in zip(elements, references)},
+                                       indent=1))
+    return references

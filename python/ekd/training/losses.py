@@ -1,0 +1,59 @@
+"""The training loss: weighted RMSE + MAE terms for energies, forces and atomic energies, and
+HIP-NN's hierarchicality regulariser."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from ..data import Batch
+from ..models import Prediction
+from ..models.graph import scatter_sum
+from .config import TrainConfig
+
+
+def rmse_plus_mae(prediction: torch.Tensor, target: torch.Tensor) -> Optional[torch.Tensor]:
+    """RMSE + MAE over the finite entries of `target`; None when there are none."""
+    mask = torch.isfinite(target)
+    if not bool(mask.any()):
+        return None
+    diff = prediction[mask] - target[mask]
+    return diff.square().mean().sqrt() + diff.abs().mean()
+
+
+def hierarchicality(terms: torch.Tensor, conformation: torch.Tensor, n_conformations: int,
+                    zeroth_order: torch.Tensor, epsilon: float = 1e-2) -> torch.Tensor:
+    """Mean over conformations of Σ_l (E_l)² / ((E_{l-1})² + ε) for HIP-NN's energy levels.
+
+    The zeroth level includes the reference energies, so it is the full composition energy
+    and the penalty only asks deeper interaction layers to contribute less than shallower ones.
+    """
+    levels = scatter_sum(terms, conformation, n_conformations)          # (B, T)
+    levels = torch.cat([levels[:, :1] + zeroth_order.unsqueeze(1), levels[:, 1:]], dim=1)
+    ratios = levels[:, 1:].square() / (levels[:, :-1].square() + epsilon)
+    return ratios.sum(dim=1).mean()
+
+
+def loss_terms(prediction: Prediction, batch: Batch, config: TrainConfig,
+               zeroth_order: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """Each weighted loss term that has labels in this batch (unweighted values)."""
+    terms: Dict[str, torch.Tensor] = {}
+    wanted = {"energy": (config.energy_weight, prediction.energy),
+              "forces": (config.forces_weight, prediction.forces),
+              "atom_energy": (config.atom_energy_weight, prediction.atom_energy)}
+    for name, (weight, predicted) in wanted.items():
+        if weight > 0 and predicted is not None and name in batch.targets:
+            value = rmse_plus_mae(predicted, batch.targets[name])
+            if value is not None:
+                terms[name] = value
+    if config.hierarchicality > 0 and prediction.terms.shape[1] > 1 and zeroth_order is not None:
+        terms["hierarchicality"] = hierarchicality(prediction.terms, batch.conformation,
+                                                   batch.n_conformations, zeroth_order)
+    return terms
+
+
+def total_loss(terms: Dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
+    weights = {"energy": config.energy_weight, "forces": config.forces_weight,
+               "atom_energy": config.atom_energy_weight, "hierarchicality": config.hierarchicality}
+    return sum(weights[name] * value for name, value in terms.items())  # type: ignore[return-value]
