@@ -46,3 +46,50 @@ def random_molecule(n_atoms: int, seed: int, species: tuple[int, ...] = (1, 6, 7
         if all(np.linalg.norm(trial - p) >= min_distance for p in positions):
             positions.append(trial)
     return rng.choice(species, size=n_atoms), np.array(positions)
+
+
+TINY_CONFIG = """
+description = "tiny test run"
+[data]
+path = "{data}"
+energy_key = "ccsd(t)_dz.energy"
+forces_key = "ccsd(t)_dz.forces"
+[run]
+threads = 1
+dtype = "{dtype}"
+[split]
+test_selection = "has_forces"
+max_train = 120
+[teachers]
+count = 2
+model = {{n_features = 12, n_sensitivities = 6, n_interactions = 2, n_atom_layers = 1, cutoff = 4.5, soft_max = 4.0}}
+[teachers.train]
+max_epochs = {epochs}
+batch_size = 16
+[student]
+model = {{n_features = 8, n_sensitivities = 6, n_atom_layers = 1, cutoff = 4.0, soft_max = 3.5}}
+[student.train]
+max_epochs = {epochs}
+batch_size = 16
+atom_energy_weight = 0.1
+"""
+
+
+def write_tiny_config(folder: Path, epochs: int = 3, dtype: str = "float64") -> Path:
+    """A run config with tiny models on the embedded data: seconds, not minutes."""
+    path = folder / "tiny.toml"
+    path.write_text(TINY_CONFIG.format(data=EMBEDDED_DATA, epochs=epochs, dtype=dtype))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny float64 run (teachers with 2 interaction layers, a 1-layer student),
+    shared by the pipeline, export, calculator and LAMMPS tests."""
+    from ekd.config import load_config
+    from ekd.train import run_stages
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    config = load_config(write_tiny_config(folder))
+    run_stages(config, folder / "run", "all", resume=False, progress=False)
+    return folder / "run"

@@ -1,0 +1,169 @@
+"""The whole method end to end, resumption after a real kill, labels, and config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from ekd.config import load_config
+from ekd.errors import ConfigError, EkdError
+from ekd.models import Ensemble, load_model
+from ekd.run_directory import open_run
+from ekd.train import main, run_stages
+from ekd.training import predict_all, read_checkpoint
+from tests.conftest import write_tiny_config
+
+MODELS = ["teacher_0", "teacher_1", "ensemble", "baseline", "student"]
+METRICS = ["energy_mae", "energy_rmse", "force_mae", "force_rmse"]
+
+
+def test_summary_has_every_model_split_and_metric(tiny_run: Path) -> None:
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["units"] == {"energy": "eV", "forces": "eV/Angstrom"}
+    assert list(summary["models"]) == MODELS
+    for model in MODELS:
+        for split in ("train", "val", "test"):
+            metrics = summary["models"][model][split]
+            assert all(key in metrics for key in METRICS)
+            assert metrics["energy_rmse"] > 0 and np.isfinite(metrics["energy_rmse"])
+        # the embedded data have true CCSD(T) forces on the test split only
+        assert summary["models"][model]["test"]["force_rmse"] > 0
+        assert summary["models"][model]["train"]["force_rmse"] is None
+    for name in ("split.json", "references.json", "labels.h5", "summary.md", "plots/energy_parity_test.png",
+                 "plots/force_parity_test.png", "student/metrics.jsonl", "teachers/teacher_1/checkpoint.pt"):
+        assert (tiny_run / name).exists(), name
+
+
+def test_labels_equal_direct_recomputation(tiny_run: Path) -> None:
+    config = load_config(tiny_run.parent / "tiny.toml")
+    run = open_run(tiny_run, config, progress=False)
+    teachers = [load_model(tiny_run / f"teachers/teacher_{k}/checkpoint.pt") for k in range(2)]
+    ids = np.array([0, 5, len(run.data) - 1])
+    atoms = run.data.atom_indices(ids)
+    preds = [predict_all(t, run.graph(t.cutoff), ids) for t in teachers]
+    forces = np.stack([p.forces for p in preds])
+    with h5py.File(tiny_run / "labels.h5") as h5:
+        assert h5.attrs["complete"]
+        assert np.allclose(h5["forces_mean"][()][atoms], forces.mean(axis=0), rtol=1e-10, atol=1e-12)
+        spread = np.sqrt(np.mean(np.sum((forces - forces.mean(axis=0)) ** 2, axis=-1), axis=0))
+        assert np.allclose(h5["forces_std"][()][atoms], spread, rtol=1e-8, atol=1e-10)
+        atom_energy = np.mean([p.atom_energy for p in preds], axis=0)
+        assert np.allclose(h5["atom_energy_mean"][()][atoms], atom_energy, rtol=1e-12)
+        assert np.allclose(h5["energy_members"][()][ids], np.stack([p.energy for p in preds], 1), rtol=1e-12)
+        assert np.abs(h5["forces_mean"][()]).max() > 1e-4, "labels must not be trivially zero"
+
+
+def test_ensemble_mean_equals_mean_of_members(tiny_run: Path) -> None:
+    teachers = [load_model(tiny_run / f"teachers/teacher_{k}/checkpoint.pt") for k in range(2)]
+    ensemble = Ensemble(teachers)
+    config = load_config(tiny_run.parent / "tiny.toml")
+    run = open_run(tiny_run, config, progress=False)
+    ids = np.arange(0, len(run.data), 97)
+    graph = run.graph(ensemble.cutoff)
+    mean = predict_all(ensemble, graph, ids)
+    members = [predict_all(t, graph, ids) for t in teachers]
+    assert np.allclose(mean.energy, np.mean([m.energy for m in members], axis=0), rtol=1e-12)
+    assert np.allclose(mean.forces, np.mean([m.forces for m in members], axis=0), rtol=1e-10, atol=1e-12)
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    test = run.split["test"]
+    expected = predict_all(ensemble, graph, test)
+    rmse = float(np.sqrt(np.mean((expected.energy - run.data.energy[test]) ** 2)))
+    assert summary["models"]["ensemble"]["test"]["energy_rmse"] == pytest.approx(rmse, rel=1e-9)
+
+
+def test_student_learned_from_the_labels(tiny_run: Path) -> None:
+    history = [json.loads(line) for line in (tiny_run / "student/metrics.jsonl").read_text().splitlines()]
+    assert {"energy", "forces", "atom_energy"} <= set(history[0]["train"])
+    baseline = [json.loads(line) for line in (tiny_run / "baseline/metrics.jsonl").read_text().splitlines()]
+    assert "forces" not in baseline[0]["train"]
+
+
+def _train(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ekd.train", *args, "--quiet"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill_and_resume_continues_the_same_run(tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path, epochs=12)
+    straight = _train([str(config), "--out", "straight", "--stage", "teachers"], tmp_path)
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+
+    killed = _train([str(config), "--out", "killed", "--stage", "teachers"], tmp_path)
+    checkpoint = tmp_path / "killed/teachers/teacher_0/checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if checkpoint.exists() and 2 <= read_checkpoint(checkpoint)["epoch"] < 10:
+            break
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    interrupted_at = read_checkpoint(checkpoint)["epoch"]
+    assert not read_checkpoint(checkpoint)["finished"], "the kill must land mid-training"
+
+    refused = _train([str(config), "--out", "killed", "--stage", "teachers"], tmp_path)
+    assert refused.wait(timeout=120) == 2
+    assert "interrupted run; pass --resume" in refused.stdout.read()
+
+    resumed = _train([str(config), "--out", "killed", "--stage", "teachers", "--resume"], tmp_path)
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out
+    assert f"resuming from epoch {interrupted_at}" in out
+    for k in range(2):
+        a = read_checkpoint(tmp_path / f"straight/teachers/teacher_{k}/checkpoint.pt")
+        b = read_checkpoint(tmp_path / f"killed/teachers/teacher_{k}/checkpoint.pt")
+        assert a["epoch"] == b["epoch"] and a["best_epoch"] == b["best_epoch"]
+        for name, tensor in a["best_state"].items():
+            assert torch.equal(tensor, b["best_state"][name]), name
+    assert len((tmp_path / "killed/teachers/teacher_0/metrics.jsonl").read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[data]\npath = 'embedded'\n[teachers]\ncuont = 3\n", "unknown key(s) cuont in [teachers]"),
+    ("[data]\npath = 'embedded'\n[teachers.train]\nforces_weight = 1.0\n", "teachers learn from energies only"),
+    ("[data]\npath = 'embedded'\n[split]\ntest_selection = 'has_forces'\ntest_fraction = 0.3\n",
+     "test_fraction conflicts with test_selection"),
+    ("[data]\npath = 'embedded'\n[references]\nvalues = {H = -13.6}\n", "values are given but mode = 'fit'"),
+    ("[data]\npath = 'embedded'\n[teachers]\ncount = 'four'\n", "teachers.count must be int"),
+    ("[data]\npath = 'embedded'\n[student]\nmodel = {n_featurez = 8}\n", "unknown hipnn hyperparameter(s) n_featurez"),
+    ("[data]\npath = 'embedded'\n[student.train]\nforces_weight = 0.0\n", "would learn nothing from the teachers"),
+    ("[teachers]\ncount = 2\n", "the [data] table is missing"),
+    ("[data]\npath = 'embedded'\n[teachers]\ncount = 2\nmembers = [{kind = 'hipnn'}]\n",
+     "members lists 1 teachers but count = 2"),
+    ("[data\npath = 1", "not valid TOML"),
+])
+def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert message in str(error.value)
+
+
+def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(tmp_path / "absent.toml")]) == 2
+    assert "error: config file not found" in capsys.readouterr().err
+
+
+def test_changed_config_is_refused(tmp_path: Path) -> None:
+    config = load_config(write_tiny_config(tmp_path, epochs=1))
+    open_run(tmp_path / "run", config, progress=False)
+    config.teachers.count = 3
+    with pytest.raises(ConfigError, match="teachers.count: saved 2, now 3"):
+        open_run(tmp_path / "run", config, progress=False)
+
+
+def test_missing_teachers_for_later_stage(tmp_path: Path) -> None:
+    config = load_config(write_tiny_config(tmp_path, epochs=1))
+    with pytest.raises(EkdError, match="teacher_0 is not trained yet"):
+        run_stages(config, tmp_path / "run", "label", resume=False, progress=False)
