@@ -1,0 +1,65 @@
+"""The deployed module: a trained model wrapped to the contract's call signature (CONTRACT.md §2)."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ekd.models import Ensemble, Potential
+
+
+class DeployedPotential(nn.Module):
+    """forward(edge_vectors, receivers, senders, species, n_local) -> (energy, atom_energy, edge_grad).
+
+    The network runs in the model dtype; reference energies are added in float64 so total
+    energies of large systems keep their precision in float32 models too.
+    """
+
+    def __init__(self, model: Potential) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("reference", torch.tensor(model.reference_energies, dtype=torch.float64))
+
+    def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        vectors = edge_vectors.detach().requires_grad_(True)
+        network = self.model(vectors, receivers, senders, species).sum(dim=1)
+        local = network[:n_local].sum()
+        edge_grad = _gradient(local, vectors)
+        atom_energy = network.detach().to(torch.float64) + self.reference[species]
+        return atom_energy[:n_local].sum(), atom_energy, edge_grad
+
+
+class DeployedEnsemble(DeployedPotential):
+    """An ensemble: `forward` gives the mean; `members` gives every member's energy and edge gradients."""
+
+    @torch.jit.export
+    def members(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(M,) total energies of the local atoms and (M, E, 3) edge gradients, one row per member."""
+        energies: List[torch.Tensor] = []
+        grads: List[torch.Tensor] = []
+        for member in self.model.members:
+            vectors = edge_vectors.detach().requires_grad_(True)
+            network = member(vectors, receivers, senders, species).sum(dim=1)
+            local = network[:n_local].sum()
+            grads.append(_gradient(local, vectors))
+            reference = torch.tensor(member.reference_energies, dtype=torch.float64, device=species.device)
+            energies.append(local.detach().to(torch.float64) + reference[species[:n_local]].sum())
+        return torch.stack(energies), torch.stack(grads)
+
+
+def _gradient(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    grad: List[Optional[torch.Tensor]] = torch.autograd.grad([output], [inputs], allow_unused=True)
+    result = grad[0]
+    if result is None:  # no edges, or no edge reaches a local atom
+        return torch.zeros_like(inputs)
+    return result.detach()
+
+
+def deploy(model: Potential) -> DeployedPotential:
+    """The contract wrapper for `model` (ensembles get the extra `members` method)."""
+    model = model.eval()
+    return DeployedEnsemble(model) if isinstance(model, Ensemble) else DeployedPotential(model)
