@@ -17,7 +17,7 @@ import torch
 
 from ekd.errors import ModelFileError
 from ekd.fileio import file_sha256
-from ekd.models import Ensemble, Potential, model_from_spec, read_checkpoint
+from ekd.models import Ensemble, Potential, model_from_checkpoint, read_checkpoint
 
 from .metadata import METADATA_NAME, make_metadata
 from .module import deploy
@@ -32,9 +32,7 @@ def load_for_export(checkpoints: Sequence[Path], dtype: torch.dtype) -> tuple[Po
     models, hashes, shortest = [], [], math.inf
     for path in checkpoints:
         state = read_checkpoint(Path(path))
-        model = model_from_spec(state["model_spec"])
-        model.load_state_dict(state["best_state"])
-        models.append(model.to(dtype).eval())
+        models.append(model_from_checkpoint(state).to(dtype))
         hashes.append(file_sha256(Path(path)))
         shortest = min(shortest, float(state.get("data", {}).get("min_distance", 0.0)))
     model = models[0] if len(models) == 1 else Ensemble(models).eval()
@@ -68,7 +66,11 @@ def verify(eager: torch.nn.Module, loaded: torch.jit.ScriptModule, model: Potent
         args = (g.edge_vectors.to(dtype), g.receivers, g.senders, g.species, g.n_local)
         expected = eager(*args)
         got = loaded(*args)
-        for name, a, b in zip(("energy", "atom_energy", "edge_grad"), expected, got):
+        names = ["energy", "atom_energy", "edge_grad"]
+        if hasattr(eager, "members"):  # ensembles: every member's energies and gradients too
+            expected, got = list(expected) + list(eager.members(*args)), list(got) + list(loaded.members(*args))
+            names += ["member energies", "member edge_grad"]
+        for name, a, b in zip(names, expected, got):
             scale = max(float(a.abs().max()), 1e-30) if a.numel() else 1.0
             error = float((a - b).abs().max()) / scale if a.numel() else 0.0
             if not math.isfinite(error) or error > tolerance:

@@ -35,19 +35,24 @@ class DeployedPotential(nn.Module):
 class DeployedEnsemble(DeployedPotential):
     """An ensemble: `forward` gives the mean; `members` gives every member's energy and edge gradients."""
 
+    def __init__(self, model: Ensemble) -> None:
+        super().__init__(model)
+        # A float64 buffer, not torch.tensor(list) inside TorchScript, which rounds to float32.
+        self.register_buffer("member_reference", torch.tensor(
+            [m.reference_energies for m in model.members], dtype=torch.float64))
+
     @torch.jit.export
     def members(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                 species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(M,) total energies of the local atoms and (M, E, 3) edge gradients, one row per member."""
         energies: List[torch.Tensor] = []
         grads: List[torch.Tensor] = []
-        for member in self.model.members:
+        for k, member in enumerate(self.model.members):
             vectors = edge_vectors.detach().requires_grad_(True)
             network = member(vectors, receivers, senders, species).sum(dim=1)
             local = network[:n_local].sum()
             grads.append(_gradient(local, vectors))
-            reference = torch.tensor(member.reference_energies, dtype=torch.float64, device=species.device)
-            energies.append(local.detach().to(torch.float64) + reference[species[:n_local]].sum())
+            energies.append(local.detach().to(torch.float64) + self.member_reference[k][species[:n_local]].sum())
         return torch.stack(energies), torch.stack(grads)
 
 

@@ -36,9 +36,13 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
     return state
 
 
-def load_model(path: Path) -> Potential:
-    """The best weights of a checkpoint, as a model in the checkpoint's dtype, in eval mode."""
-    state = read_checkpoint(path)
+def model_from_checkpoint(state: Dict[str, Any]) -> Potential:
+    """The best weights of a checkpoint dictionary, in the checkpoint's dtype, in eval mode."""
     model = model_from_spec(state["model_spec"]).to(getattr(torch, state.get("dtype", "float32")))
-    model.load_state_dict(state["best_state"])
+    model.load_state_dict(state["best_state"])  # after the dtype change, so no weight is rounded
     return model.eval()
+
+
+def load_model(path: Path) -> Potential:
+    """The best weights of a checkpoint file, in the checkpoint's dtype, in eval mode."""
+    return model_from_checkpoint(read_checkpoint(path))

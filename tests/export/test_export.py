@@ -1,0 +1,121 @@
+"""Export: the saved file equals the training-time model, carries its metadata, and refuses
+bad inputs with clear messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ekd.config import load_config
+from ekd.errors import ModelFileError
+from ekd.export import METADATA_NAME, export_model, graph_of, read_metadata, verify, deploy
+from ekd.export.__main__ import main as export_main
+from ekd.models import load_model
+from ekd.run_directory import open_run
+from ekd.training import predict_all
+
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("exports")
+    files = {}
+    for model in ("student", "teacher_0", "ensemble"):
+        for dtype in ("float64", "float32"):
+            out = folder / f"{model}_{dtype}.pt"
+            assert export_main([str(tiny_run), "--model", model, "-o", str(out), "--dtype", dtype]) == 0
+            files[f"{model}_{dtype}"] = out
+    return files
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("model", ["student", "teacher_0"])
+def test_exported_file_equals_training_model(tiny_run: Path, exported: dict, model: str, dtype: str) -> None:
+    checkpoint = tiny_run / ("student" if model == "student" else "teachers/teacher_0") / "checkpoint.pt"
+    eager = load_model(checkpoint)  # float64, as trained
+    run = open_run(tiny_run, load_config(tiny_run.parent / "tiny.toml"), progress=False)
+    ids = run.split["test"][:4]
+    expected = predict_all(eager, run.graph(eager.cutoff), ids)
+    module = torch.jit.load(str(exported[f"{model}_{dtype}"]))
+    offsets = run.data.offsets
+    for k, conf in enumerate(ids):
+        atoms = slice(offsets[conf], offsets[conf + 1])
+        g = graph_of(np.searchsorted(run.elements, run.data.species[atoms]), run.data.positions[atoms], eager.cutoff)
+        energy, atom_energy, edge_grad = module(g.edge_vectors.to(getattr(torch, dtype)), g.receivers, g.senders,
+                                                g.species, g.n_local)
+        forces = np.zeros((g.n_local, 3))
+        np.add.at(forces, g.receivers.numpy(), edge_grad.double().numpy())
+        np.add.at(forces, g.senders.numpy(), -edge_grad.double().numpy())
+        tol = TOLERANCE[dtype]
+        assert energy.dtype == torch.float64 and atom_energy.dtype == torch.float64
+        assert abs(float(energy) - expected.energy[k]) < tol * abs(expected.energy[k])
+        start = int(sum(run.data.n_atoms[ids[:k]]))
+        reference = expected.forces[start:start + g.n_local]
+        assert np.abs(forces - reference).max() <= tol * max(1.0, np.abs(reference).max()) * 10
+        assert np.allclose(atom_energy.numpy(), expected.atom_energy[start:start + g.n_local],
+                           rtol=tol, atol=0)
+
+
+def test_metadata(tiny_run: Path, exported: dict) -> None:
+    meta = read_metadata(exported["teacher_0_float32"])
+    assert meta["format"] == "ekd-potential" and meta["format_version"] == 1
+    assert meta["elements"] == list(json.loads((tiny_run / "references.json").read_text()))
+    assert meta["dtype"] == "float32" and meta["num_interactions"] == 2
+    assert meta["receptive_field"] == pytest.approx(2 * meta["cutoff"])
+    assert meta["energy_unit"] == "eV" and meta["length_unit"] == "Angstrom"
+    assert meta["min_distance"] > 0.5
+    assert len(meta["provenance"]["checkpoint_sha256"][0]) == 64
+    ensemble = read_metadata(exported["ensemble_float64"])
+    assert ensemble["model_kind"] == "ensemble" and ensemble["members"] == 2
+
+
+def test_ensemble_members_average_to_the_mean(exported: dict) -> None:
+    module = torch.jit.load(str(exported["ensemble_float64"]))
+    rng = np.random.default_rng(0)
+    g = graph_of(np.array([1, 0, 0, 2, 0, 2]), rng.uniform(0, 3, size=(6, 3)), 4.5)
+    energy, _, edge_grad = module(g.edge_vectors, g.receivers, g.senders, g.species, g.n_local)
+    energies, grads = module.members(g.edge_vectors, g.receivers, g.senders, g.species, g.n_local)
+    assert energies.shape == (2,) and grads.shape == (2, len(g.receivers), 3)
+    assert torch.allclose(energies.mean(), energy, rtol=1e-12)
+    assert torch.allclose(grads.mean(0), edge_grad, rtol=1e-10, atol=1e-14)
+
+
+def test_verify_refuses_a_file_that_differs(tiny_run: Path) -> None:
+    student = load_model(tiny_run / "student/checkpoint.pt")
+    other = load_model(tiny_run / "baseline/checkpoint.pt")
+    with pytest.raises(ModelFileError, match="export check failed on sample structure 0: energy"):
+        verify(deploy(student), torch.jit.script(deploy(other)), student, torch.float64)
+
+
+def test_export_cli_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert export_main([str(tiny_run), "--model", "teacher_9", "-o", str(tmp_path / "x.pt")]) == 2
+    assert "no checkpoint for model 'teacher_9'" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    assert export_main([str(junk), "-o", str(tmp_path / "x.pt")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_read_metadata_errors(tmp_path: Path, exported: dict) -> None:
+    with pytest.raises(ModelFileError, match="model file not found"):
+        read_metadata(tmp_path / "absent.pt")
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    with pytest.raises(ModelFileError, match="not a TorchScript file"):
+        read_metadata(text)
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(plain))
+    with pytest.raises(ModelFileError, match="a TorchScript file but not an ekd model"):
+        read_metadata(plain)
+    newer = tmp_path / "newer.pt"
+    meta = read_metadata(exported["student_float64"])
+    torch.jit.save(torch.jit.load(str(exported["student_float64"])), str(newer),
+                   _extra_files={METADATA_NAME: json.dumps({**meta, "format_version": 99})})
+    with pytest.raises(ModelFileError, match="format version 99 is newer"):
+        read_metadata(newer)

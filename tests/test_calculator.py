@@ -1,0 +1,108 @@
+"""The ASE calculator: same numbers as the exported module, forces and stress as finite
+differences, ensemble spread, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from ekd.calculator import EKDCalculator
+from ekd.errors import ModelFileError
+from ekd.export import export_model
+
+
+@pytest.fixture(scope="module")
+def model_files(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import torch
+
+    folder = tmp_path_factory.mktemp("calc")
+    teacher = tiny_run / "teachers/teacher_0/checkpoint.pt"
+    export_model([teacher], folder / "teacher.pt", torch.float64)
+    export_model([teacher, tiny_run / "teachers/teacher_1/checkpoint.pt"], folder / "ensemble.pt", torch.float64)
+    return {"teacher": folder / "teacher.pt", "ensemble": folder / "ensemble.pt"}
+
+
+def water_box() -> Atoms:
+    rng = np.random.default_rng(3)
+    positions, symbols = [], []
+    for centre in rng.uniform(0, 6.0, size=(4, 3)):
+        positions += [centre, centre + [0.96, 0, 0], centre + [-0.24, 0.93, 0]]
+        symbols += ["O", "H", "H"]
+    return Atoms(symbols, positions=positions, cell=[6.2, 6.6, 7.0], pbc=True)
+
+
+def numeric_forces(atoms: Atoms, h: float = 1e-5) -> np.ndarray:
+    forces = np.zeros((len(atoms), 3))
+    for a in range(len(atoms)):
+        for k in range(3):
+            shifted = atoms.copy()
+            shifted.calc = atoms.calc
+            shifted.positions[a, k] += h
+            plus = shifted.get_potential_energy()
+            shifted.positions[a, k] -= 2 * h
+            forces[a, k] = -(plus - shifted.get_potential_energy()) / (2 * h)
+    return forces
+
+
+def test_forces_are_finite_differences(model_files: dict) -> None:
+    atoms = water_box()
+    atoms.calc = EKDCalculator(str(model_files["teacher"]))
+    forces = atoms.get_forces()
+    assert atoms.calc.results["energies"].sum() == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
+    assert np.abs(forces).max() > 1e-4
+    assert np.allclose(forces, numeric_forces(atoms), atol=1e-7)
+
+
+def test_stress_is_the_strain_derivative(model_files: dict) -> None:
+    atoms = water_box()
+    atoms.calc = EKDCalculator(str(model_files["teacher"]))
+    stress = atoms.get_stress(voigt=False)
+    volume, h = atoms.get_volume(), 1e-6
+    numeric = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            energies = []
+            for sign in (1, -1):
+                strained = atoms.copy()
+                strain = np.eye(3)
+                strain[a, b] += sign * h
+                strained.set_cell(atoms.cell @ strain, scale_atoms=True)
+                strained.calc = atoms.calc
+                energies.append(strained.get_potential_energy())
+            numeric[a, b] = (energies[0] - energies[1]) / (2 * h) / volume
+    assert np.abs(stress).max() > 1e-6
+    assert np.allclose(stress, numeric, atol=1e-8)
+
+
+def test_ensemble_spread(model_files: dict) -> None:
+    atoms = water_box()
+    atoms.calc = EKDCalculator(str(model_files["ensemble"]))
+    energy = atoms.get_potential_energy()
+    results = atoms.calc.results
+    assert results["member_energies"].mean() == pytest.approx(energy, rel=1e-12)
+    assert np.allclose(results["member_forces"].mean(axis=0), atoms.get_forces(), atol=1e-10)
+    assert results["energy_std"] > 0 and results["forces_std"].shape == (len(atoms),)
+
+
+def test_unknown_element_and_missing_file(model_files: dict, tmp_path: Path) -> None:
+    atoms = Atoms("OHS", positions=[[0, 0, 0], [1, 0, 0], [0, 2, 0]])
+    atoms.calc = EKDCalculator(str(model_files["teacher"]))
+    with pytest.raises(ModelFileError, match="atom 2 is S, an element the model .* does not know"):
+        atoms.get_potential_energy()
+    with pytest.raises(ModelFileError, match="model file not found"):
+        EKDCalculator(str(tmp_path / "absent.pt"))
+
+
+def test_close_contact_warns_once(model_files: dict) -> None:
+    atoms = Atoms("OH", positions=[[0, 0, 0], [0.3, 0, 0]])
+    atoms.calc = EKDCalculator(str(model_files["teacher"]))
+    with pytest.warns(UserWarning, match="closer than the shortest distance in the training data"):
+        atoms.get_potential_energy()
+    atoms.positions[1, 0] = 0.31
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        atoms.get_potential_energy()
