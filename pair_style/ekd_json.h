@@ -1,0 +1,35 @@
+/* ekd_json.h — a tiny reader for the flat ekd.json metadata of an ekd model file.
+
+   The metadata (export/CONTRACT.md §3) is a JSON object whose values the pair style
+   needs are strings, numbers and arrays of strings. This reader parses the whole text
+   (so malformed JSON is reported, with its position) and keeps only those values of the
+   top-level object; nested objects, booleans, nulls and mixed arrays are read and skipped.
+   No third-party JSON library is needed. */
+
+#ifndef EKD_JSON_H
+#define EKD_JSON_H
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace ekd {
+
+/// The values of the top-level JSON object that the pair style can use.
+struct FlatJson {
+  std::map<std::string, std::string> strings;                     // "key": "text"
+  std::map<std::string, double> numbers;                          // "key": 1.5
+  std::map<std::string, std::vector<std::string>> string_lists;   // "key": ["a", "b"]
+
+  bool has_string(const std::string &key) const { return strings.count(key) != 0; }
+  bool has_number(const std::string &key) const { return numbers.count(key) != 0; }
+  bool has_string_list(const std::string &key) const { return string_lists.count(key) != 0; }
+};
+
+/// Parse `text` as one JSON object. Throws std::runtime_error naming the byte offset
+/// and what was expected when the text is not valid JSON or not an object.
+FlatJson parse_flat_json(const std::string &text);
+
+}    // namespace ekd
+
+#endif

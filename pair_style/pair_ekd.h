@@ -1,0 +1,114 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   pair_style ekd — runs an exported ekd potential (TorchScript + ekd.json metadata)
+   inside LAMMPS. The C++ side of export/CONTRACT.md.
+
+   Steps, one member function each:
+     settings()    pair_style ekd FILE [device cpu|cuda|auto]: file, device, unit factor
+     coeff()       pair_coeff * * El1 El2 ...: load the model, read metadata, type map
+     init_style()  checks (newton, IDs), neighbour request, ghost cutoff
+     build_graph() nodes, species, directed edges within the cutoff
+     call_model()  one TorchScript call: energy, atom_energy, edge_grad
+     write_back()  energies, forces on receivers and senders, global and per-atom virial
+------------------------------------------------------------------------- */
+
+#ifndef LMP_PAIR_EKD_H
+#define LMP_PAIR_EKD_H
+
+#include "pair.h"
+
+#include <torch/script.h>
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class PairEKD : public Pair {
+ public:
+  PairEKD(class LAMMPS *);
+  ~PairEKD() override;
+
+  void compute(int eflag, int vflag) override;
+  void settings(int narg, char **arg) override;
+  void coeff(int narg, char **arg) override;
+  void init_style() override;
+  double init_one(int i, int j) override;
+
+ protected:
+  void allocate();
+  void select_device();
+  void load_model();
+  void read_metadata(const std::string &json_text);
+  void build_owner_map();
+  void build_graph();
+  void build_graph_one_rank();
+  void build_graph_many_ranks();
+  void call_model();
+  void write_back();
+  void warn_overlap();
+
+  // --- settings -----------------------------------------------------------
+  std::string model_file;
+  std::string device_request;      // "cpu", "cuda" or "auto"
+  torch::Device device;            // resolved device
+  double unit_factor;              // model eV -> deck energy unit (1 for metal)
+
+  // --- model and metadata --------------------------------------------------
+  torch::jit::Module module;
+  bool model_loaded;
+  std::string loaded_key;          // file + device of the loaded module
+  std::vector<std::string> elements;
+  std::string model_kind;
+  std::string dtype_name;
+  torch::ScalarType model_dtype;
+  double cutoff;                   // Angstrom
+  double receptive_field;          // Angstrom
+  double min_distance;             // Angstrom (0 = no check)
+  int num_interactions;
+  int members;
+  bool jit_optimize;               // see the comment in call_model()
+  std::vector<int> type_to_species;    // LAMMPS type (1..ntypes) -> model species index
+
+  // --- decomposition -------------------------------------------------------
+  bool many_ranks;                 // comm->nprocs > 1: nodes are local + ghost atoms
+  bool ghost_receivers;            // many_ranks && num_interactions > 1
+
+  // --- graph buffers, reused from step to step -----------------------------
+  std::vector<int64_t> species;        // [N]
+  std::vector<int64_t> receivers;      // [E] node index
+  std::vector<int64_t> senders;        // [E] node index
+  std::vector<double> edge_vec;        // [E*3] float64, x(sender image) - x(receiver)
+  std::vector<float> edge_vec_f32;     // [E*3] when the model is float32
+  std::vector<int> edge_i;             // [E] LAMMPS index of the receiver atom
+  std::vector<int> edge_j;             // [E] LAMMPS index of the sender atom (maybe a ghost)
+  std::vector<int> node_atom;          // several ranks: node -> LAMMPS index
+  std::vector<int> node_hop;           // several ranks: graph distance from a local atom
+  std::vector<int> atom_node;          // several ranks: LAMMPS index -> node or -1
+  int n_nodes;
+
+  // one rank: owner (local index) of every local and ghost atom, rebuilt on
+  // reneighbouring steps from a tag -> local index map
+  std::vector<int> owner;
+  std::vector<int> tag_to_local;
+  std::unordered_map<tagint, int> tag_to_local_sparse;
+  bigint owner_built_at;           // neighbor->ncalls when owner was built
+
+  // --- model outputs (CPU, float64) ----------------------------------------
+  double model_energy;
+  torch::Tensor atom_energy_out;   // [N]
+  torch::Tensor edge_grad_out;     // [E,3]
+  std::vector<torch::jit::IValue> inputs;
+
+  // --- messages ------------------------------------------------------------
+  bool overlap_warned;
+  bool overlap_found;
+  tagint overlap_tag_i, overlap_tag_j;
+  double overlap_dist;
+  bool ghost_message_printed;
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
