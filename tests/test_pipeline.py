@@ -167,3 +167,12 @@ def test_missing_teachers_for_later_stage(tmp_path: Path) -> None:
     config = load_config(write_tiny_config(tmp_path, epochs=1))
     with pytest.raises(EkdError, match="teacher_0 is not trained yet"):
         run_stages(config, tmp_path / "run", "label", resume=False, progress=False)
+
+
+def test_config_round_trips_through_toml(tmp_path: Path) -> None:
+    from ekd.config import config_to_toml
+
+    config = load_config(None)
+    path = tmp_path / "again.toml"
+    path.write_text(config_to_toml(config))
+    assert load_config(path) == config
