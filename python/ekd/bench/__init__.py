@@ -1,0 +1,1 @@
+"""MD benchmarks of exported models in LAMMPS: `python -m ekd.bench` (see __main__.py)."""

@@ -1,0 +1,95 @@
+"""The benchmark report: a Markdown table, a JSON file and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+from ..fileio import atomic_write_text
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}g}"
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    lines = [f"# MD benchmark: {report['source']}", "",
+             f"Command: `{report['command']}`", "",
+             f"Machine: {report['machine']}; LAMMPS `pair_style ekd`, NVE 0.25 fs, "
+             f"{report['steps']} timed steps after {report['warmup']} warm-up steps; "
+             "models alternated so machine drift hits all alike.", "",
+             "| model | atoms | ranks × threads | katom-step/s | timesteps/s | ns/day | pair share | model alone (ms/step) "
+             "| pair-style overhead | peak memory (MB) | test E RMSE (meV) | test F RMSE (meV/Å) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in report["runs"]:
+        accuracy = report["accuracy"].get(row["model"], {})
+        if not row["ok"]:
+            lines.append(f"| {row['model']} | {row['atoms']} | {row['ranks']} × {row['threads']} | failed: "
+                         f"{row['error'][:80]} |||||||||")
+            continue
+        lines.append(
+            f"| {row['model']} | {row['atoms']} | {row['ranks']} × {row['threads']} | {_f(row['katom_step_per_s'])} | "
+            f"{_f(row['timesteps_per_s'])} | {_f(row['ns_per_day'])} | {_f(row['pair_fraction'] * 100, 3)}% | "
+            f"{_f(row.get('model_ms'))} | {_f(row.get('overhead', float('nan')) * 100, 2)}% | "
+            f"{_f(row['peak_rss_mb'], 4)} | {_f(_scaled(accuracy.get('energy_rmse')), 3)} | "
+            f"{_f(_scaled(accuracy.get('force_rmse')), 3)} |")
+    if report.get("ratios"):
+        lines += ["", "Student against one teacher (same size, same ranks, side by side):", "",
+                  "| atoms | ranks | throughput ratio | memory ratio |", "|---:|---:|---:|---:|"]
+        for r in report["ratios"]:
+            lines.append(f"| {r['atoms']} | {r['ranks']} | {_f(r['speed'])}× | {_f(r['memory'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _scaled(value: Any) -> Any:
+    return None if value is None else value * 1e3
+
+
+def ratios(runs: List[Dict[str, Any]], student: str = "student", teacher: str = "teacher_0") -> List[Dict[str, Any]]:
+    """Student / teacher throughput and memory at each (atoms, ranks)."""
+    out = []
+    keyed = {(r["model"], r["atoms"], r["ranks"]): r for r in runs if r["ok"]}
+    for (model, atoms, ranks), row in sorted(keyed.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        other = keyed.get((teacher, atoms, ranks))
+        if model == student and other:
+            out.append({"atoms": atoms, "ranks": ranks,
+                        "speed": row["katom_step_per_s"] / other["katom_step_per_s"],
+                        "memory": row["peak_rss_mb"] / other["peak_rss_mb"]})
+    return out
+
+
+def write(report: Dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "bench.json", json.dumps(report, indent=1))
+    atomic_write_text(out / "bench.md", markdown(report))
+    plot(report, out / "bench.png")
+
+
+def plot(report: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (speed_ax, memory_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    keys = sorted({(r["model"], r["ranks"]) for r in report["runs"] if r["ok"]})
+    for model, ranks in keys:
+        rows = sorted((r for r in report["runs"] if r["ok"] and r["model"] == model and r["ranks"] == ranks),
+                      key=lambda r: r["atoms"])
+        label = f"{model} ({ranks} rank{'s' if ranks > 1 else ''})"
+        speed_ax.plot([r["atoms"] for r in rows], [r["katom_step_per_s"] for r in rows], "o-", label=label)
+        memory_ax.plot([r["atoms"] for r in rows], [r["peak_rss_mb"] for r in rows], "o-", label=label)
+    for ax, title in ((speed_ax, "throughput (katom-step/s)"), (memory_ax, "peak memory (MB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("atoms")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    speed_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

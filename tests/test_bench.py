@@ -1,0 +1,34 @@
+"""The benchmark's quick mode on a tiny system: report structure, positive finite figures,
+and its bad-input messages (no timing thresholds: speed goals live in the benchmark)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ekd.bench.__main__ import main
+
+
+def test_quick_benchmark_report(tiny_run: Path, tmp_path: Path) -> None:
+    assert main([str(tiny_run), "--quick", "--models", "student,teacher_0", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {r["model"] for r in report["runs"]} == {"student", "teacher_0"}
+    for run in report["runs"]:
+        assert run["ok"], run["error"]
+        for key in ("katom_step_per_s", "timesteps_per_s", "ns_per_day", "peak_rss_mb", "pair_fraction", "model_ms"):
+            assert math.isfinite(run[key]) and run[key] > 0, key
+        assert math.isfinite(run["overhead"])
+    assert report["ratios"] and report["ratios"][0]["speed"] > 0
+    assert report["accuracy"]["student"]["energy_rmse"] > 0
+    assert (tmp_path / "bench.md").read_text().count("| student |") == 1
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_bad_inputs(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(tmp_path / "absent.pt"), "--quick"]) == 2
+    assert "model file not found" in capsys.readouterr().err
+    assert main([str(tiny_run), "--models", "student", "--sizes", "10", "--out", str(tmp_path)]) == 2
+    assert "smaller than the cutoff" in capsys.readouterr().err
