@@ -176,3 +176,21 @@ def test_config_round_trips_through_toml(tmp_path: Path) -> None:
     path = tmp_path / "again.toml"
     path.write_text(config_to_toml(config))
     assert load_config(path) == config
+
+
+def test_teachers_from_another_run(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config_path = tiny_run.parent / "tiny.toml"
+    text = config_path.read_text().replace("atom_energy_weight = 0.1", "atom_energy_weight = 0.0")
+    other = tmp_path / "other.toml"
+    other.write_text(text)
+    assert main([str(other), "--out", str(tmp_path / "run"), "--teachers-from", str(tiny_run), "--quiet"]) == 0
+    for k in range(2):
+        a = tiny_run / f"teachers/teacher_{k}/checkpoint.pt"
+        assert (tmp_path / f"run/teachers/teacher_{k}/checkpoint.pt").read_bytes() == a.read_bytes()
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["models"]["teacher_0"] == json.loads((tiny_run / "summary.json").read_text())["models"]["teacher_0"]
+    refused = tmp_path / "refused.toml"
+    refused.write_text(text.replace("count = 2", "count = 3"))
+    capsys.readouterr()
+    assert main([str(refused), "--out", str(tmp_path / "run2"), "--teachers-from", str(tiny_run)]) == 2
+    assert "its [teachers] differs from this config's" in capsys.readouterr().err

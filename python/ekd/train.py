@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tomllib
 from pathlib import Path
 from typing import List, Sequence
 
@@ -143,6 +145,25 @@ def say(run: RunDirectory, message: str) -> None:
     print(message, flush=True)
 
 
+def adopt_teachers(source: Path, config: RunConfig, out: Path) -> None:
+    """Copy another run's finished teachers (and labels) into `out`, if that run used the same
+    data, split, references and teacher settings; the label and summary stages check hashes."""
+    saved_path = Path(source) / "config.toml"
+    if not saved_path.exists():
+        raise EkdError(f"--teachers-from {source}: not a run directory (no config.toml)")
+    saved, current = tomllib.loads(saved_path.read_text()), tomllib.loads(config_to_toml(config))
+    for table in ("data", "split", "references", "teachers"):
+        if saved.get(table) != current.get(table):
+            raise EkdError(f"--teachers-from {source}: its [{table}] differs from this config's; its teachers "
+                           "would not be the ones this run asks for")
+    if (Path(out) / "teachers").exists():
+        raise EkdError(f"--teachers-from: {out} already has teachers")
+    shutil.copytree(Path(source) / "teachers", Path(out) / "teachers")
+    if (Path(source) / "labels.h5").exists():
+        shutil.copy2(Path(source) / "labels.h5", Path(out) / "labels.h5")
+    print(f"reusing the teachers of {source}", flush=True)
+
+
 # ---- command line ----------------------------------------------------------------------------------
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -158,6 +179,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="teachers | label | student (student and baseline) | summary | all (default)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from its last checkpoint / labels batch")
+    parser.add_argument("--teachers-from", type=Path, default=None, metavar="RUN_DIR",
+                        help="reuse the trained teachers and labels of another run with the same data, split, "
+                             "references and teachers settings (to try other students)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     return parser.parse_args(argv)
@@ -189,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if config.description:
             print(config.description.strip(), flush=True)
+        if args.teachers_from is not None:
+            adopt_teachers(args.teachers_from, config, args.out)
         run_stages(config, args.out, args.stage, args.resume, progress=not args.quiet)
     except EkdError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -126,6 +126,12 @@ def write_labels(teachers: List[Potential], names: List[str], hashes: List[str],
 def _label_chunk(h5: h5py.File, teachers: List[Potential], graph: GraphData, ids: np.ndarray,
                  a0: int, a1: int) -> None:
     preds = [predict_all(t, graph, ids, batch_size=len(ids), forces=True) for t in teachers]
+    for k, p in enumerate(preds):
+        bad = np.flatnonzero(~np.isfinite(p.energy))
+        if bad.size or not np.isfinite(p.forces).all():
+            conf = int(ids[bad[0]]) if bad.size else int(ids[0])
+            raise DataError(f"teacher {k} predicts a non-finite energy or force near conformation {conf} of "
+                            f"{graph.data.source}; check that teacher's training (metrics.jsonl)")
     energies = np.stack([p.energy for p in preds], axis=1)                 # (B, M)
     forces = np.stack([p.forces for p in preds], axis=0)                   # (M, a, 3)
     atom_energies = np.stack([p.atom_energy for p in preds], axis=0)       # (M, a)

@@ -1,0 +1,54 @@
+"""Export the demo student, build a periodic box of the run's molecules, run in.md in LAMMPS.
+
+    python examples/lammps/run_md.py [RUN_DIR] [--atoms 1000] [--ranks 1]
+
+Writes student.pt and box.data next to in.md (in examples/lammps/), then runs `lmp` (or
+`mpirun -np N lmp`) there and prints LAMMPS's Performance line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from ekd.bench.boxes import base_box, box_of_size, representative_molecules
+from ekd.bench.lammps_runner import write_data
+from ekd.config import load_config
+from ekd.data import read_data
+from ekd.export import export_model, read_metadata
+from ekd.export.__main__ import checkpoints_for
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", nargs="?", type=Path, default=Path("runs/default"), help="run directory")
+    parser.add_argument("--atoms", type=int, default=1000, help="approximate number of atoms (default 1000)")
+    parser.add_argument("--ranks", type=int, default=1, help="MPI ranks (default 1)")
+    parser.add_argument("--model", default="student", help="model of the run to export (default student)")
+    args = parser.parse_args()
+    model = HERE / f"{args.model}.pt"
+    metadata = export_model(checkpoints_for(args.run, args.model), model, torch.float32)
+    molecules = representative_molecules(read_data(load_config(args.run / "config.toml").data))
+    box = box_of_size(base_box(molecules, copies=max(1, 120 // sum(len(m) for m in molecules)), density=0.9),
+                      args.atoms)
+    write_data(HERE / "box.data", box, metadata["elements"])
+    deck = (HERE / "in.md").read_text().replace("pair_coeff      * * H C N O",
+                                                "pair_coeff      * * " + " ".join(metadata["elements"]))
+    (HERE / "in.generated.md").write_text(deck)
+    binary = Path(sys.executable).parent
+    command = [str(binary / "lmp"), "-in", "in.generated.md", "-var", "model", model.name]
+    if args.ranks > 1:
+        command = [str(binary / "mpirun"), "-np", str(args.ranks)] + command
+    print(f"{len(box)} atoms, {' '.join(metadata['elements'])}; running: {' '.join(command)}", flush=True)
+    result = subprocess.run(command, cwd=HERE)
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
