@@ -589,16 +589,16 @@ def ensemble_uncertainty(output: ModelOutput, data: AtomsData, settings: Evaluat
 
 
 def _plots(outputs: List[ModelOutput], data: AtomsData, report: Dict[str, Any], out_dir: Path) -> Dict[str, str]:
-    from .plots import _axes_grid, _parity
+    from .plots import axes_grid, parity_panel
 
     ok = [o for o in outputs if o.error is None]
     paths: Dict[str, str] = {}
     if not ok:
         return paths
     reference = relative_to_group_mean(data.energy, data.group)
-    plt, fig, axes = _axes_grid(len(ok))
+    plt, fig, axes = axes_grid(len(ok))
     for ax, o in zip(axes, ok):
-        _parity(ax, reference, relative_to_group_mean(o.energy, data.group), o.name, "eV")
+        parity_panel(ax, reference, relative_to_group_mean(o.energy, data.group), o.name, "eV")
     for ax in axes[len(ok):]:
         ax.axis("off")
     fig.suptitle("energies relative to each molecule's mean", fontsize=10)
@@ -607,9 +607,9 @@ def _plots(outputs: List[ModelOutput], data: AtomsData, report: Dict[str, Any], 
     plt.close(fig)
     paths["energy_parity"] = str(out_dir / "energy_parity.png")
     if data.forces is not None and data.has_forces.any():
-        plt, fig, axes = _axes_grid(len(ok))
+        plt, fig, axes = axes_grid(len(ok))
         for ax, o in zip(axes, ok):
-            _parity(ax, data.forces.ravel(), o.forces.ravel(), o.name, "eV/Å")
+            parity_panel(ax, data.forces.ravel(), o.forces.ravel(), o.name, "eV/Å")
         for ax in axes[len(ok):]:
             ax.axis("off")
         fig.suptitle("force components", fontsize=10)

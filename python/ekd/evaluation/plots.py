@@ -11,7 +11,7 @@ from ..data import AtomsData
 from ..training import Predictions
 
 
-def _axes_grid(n: int):
+def axes_grid(n: int):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +23,7 @@ def _axes_grid(n: int):
     return plt, fig, axes.ravel()
 
 
-def _parity(ax, reference: np.ndarray, predicted: np.ndarray, title: str, unit: str) -> None:
+def parity_panel(ax, reference: np.ndarray, predicted: np.ndarray, title: str, unit: str) -> None:
     mask = np.isfinite(reference)
     reference, predicted = reference[mask], predicted[mask]
     rmse = float(np.sqrt(np.mean((predicted - reference) ** 2))) if reference.size else float("nan")
@@ -52,9 +52,9 @@ def parity_plots(predictions: Dict[str, Predictions], data: AtomsData, out_dir: 
     offset = np.zeros(len(sub))
     for g in np.unique(sub.group):
         offset[sub.group == g] = sub.energy[sub.group == g].mean()
-    plt, fig, axes = _axes_grid(len(names))
+    plt, fig, axes = axes_grid(len(names))
     for ax, name in zip(axes, names):
-        _parity(ax, sub.energy - offset, predictions[name].energy - offset, name, "eV")
+        parity_panel(ax, sub.energy - offset, predictions[name].energy - offset, name, "eV")
     for ax in axes[len(names):]:
         ax.axis("off")
     fig.suptitle(f"energies, {split_name} split (relative to each molecule's mean)", fontsize=10)
@@ -64,9 +64,9 @@ def parity_plots(predictions: Dict[str, Predictions], data: AtomsData, out_dir: 
     plt.close(fig)
     if sub.forces is not None and sub.has_forces.any():
         with_forces = [n for n in names if predictions[n].forces is not None]
-        plt, fig, axes = _axes_grid(len(with_forces))
+        plt, fig, axes = axes_grid(len(with_forces))
         for ax, name in zip(axes, with_forces):
-            _parity(ax, sub.forces.ravel(), predictions[name].forces.ravel(), name, "eV/Å")
+            parity_panel(ax, sub.forces.ravel(), predictions[name].forces.ravel(), name, "eV/Å")
         for ax in axes[len(with_forces):]:
             ax.axis("off")
         fig.suptitle(f"force components, {split_name} split", fontsize=10)
