@@ -15,7 +15,7 @@ class TrainConfig:
     max_time:           upper limit on training wall time in seconds (0 = none), summed over resumes.
     batch_size:         conformations per batch.
     learning_rate:      initial Adam learning rate.
-    weight_decay:       L2 penalty on all weights (Adam weight_decay).
+    weight_decay:       L2 penalty on weight matrices (biases and length scales are not decayed).
     lr_factor:          learning-rate decay factor on a validation plateau.
     lr_patience:        epochs without improvement before the learning rate decays.
     min_lr:             training stops when the learning rate falls below this.

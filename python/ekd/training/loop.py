@@ -60,6 +60,14 @@ def shortest_distance(graph: GraphData, ids: np.ndarray) -> float:
     return shortest
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+    """Weight decay on weight matrices only: decaying biases, sensitivity centres or widths would
+    pull physical length scales towards zero (a width at zero divides by zero)."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
+
+
 class Trainer:
     """Trains one model on one GraphData. `run()` resumes from `out_dir/checkpoint.pt` if present."""
 
@@ -70,8 +78,7 @@ class Trainer:
         self.train_ids, self.val_ids = np.asarray(train_ids), np.asarray(val_ids)
         self.out_dir, self.seed, self.name, self.show_progress = Path(out_dir), seed, name, progress
         self.needs_forces = config.forces_weight > 0
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
-                                          weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.Adam(parameter_groups(model, config.weight_decay), lr=config.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=config.lr_factor, patience=config.lr_patience, threshold=1e-4)
         self.epoch = 0
