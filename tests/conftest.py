@@ -3,6 +3,7 @@ small random molecules, and a tiny trained run reused by several test modules.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,11 @@ import pytest
 import torch
 
 from ekd.config import EMBEDDED_DATA
+
+# Test tensors are tiny: extra threads only add synchronisation (4x slower on a busy 2-core
+# machine). Subprocesses (LAMMPS, the training CLI) inherit the setting through the environment.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -36,7 +36,9 @@ class HIPNNConfig:
     n_atom_layers:    fully connected layers after each interaction layer.
     cutoff:           hard cutoff (Å); the sensitivities vanish smoothly there.
     soft_min, soft_max: range (Å) of the sensitivity centres.
-    activation:       softplus | silu | tanh.
+    activation:       silu | softplus | tanh. SiLU with residual atom layers learned forces
+                      from energies alone far better than the paper's softplus without them
+                      (MD17 ethanol, 600 energies: force RMSE 425 vs 580-816 meV/Å; docs/results.md).
     resnet:           residual atom layers (z ← z + f(A z + c)).
     """
 
@@ -47,8 +49,8 @@ class HIPNNConfig:
     cutoff: float = 6.5
     soft_min: float = 0.75
     soft_max: float = 5.5
-    activation: str = "softplus"
-    resnet: bool = False
+    activation: str = "silu"
+    resnet: bool = True
 
     def check(self) -> None:
         if self.activation not in ACTIVATIONS:
