@@ -18,7 +18,7 @@ from ekd.calculator import EKDCalculator
 from ekd.config import load_config
 from ekd.data import read_data
 from ekd.evaluate import main as evaluate
-from ekd.evaluation.evaluate import trajectory_pairs
+from ekd.evaluation.force_sign import trajectory_pairs
 from ekd.export import export_model
 from ekd.stability import main as stability
 

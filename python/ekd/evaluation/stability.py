@@ -36,7 +36,6 @@ from ..data import AtomsData
 from ..errors import EkdError, ModelFileError
 from ..fileio import atomic_write_text
 
-
 # ---- the failure criterion ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -259,7 +258,11 @@ def run_trajectory(calculator: Any, molecule: Molecule, molecule_index: int, see
     """One Langevin trajectory, checked after every step; stops at the first failure."""
     from ase import Atoms, units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md.velocitydistribution import (
+        MaxwellBoltzmannDistribution,
+        Stationary,
+        ZeroRotation,
+    )
 
     start = time.perf_counter()
     atoms = Atoms(numbers=molecule.species, positions=molecule.positions)
@@ -477,7 +480,7 @@ class StabilityRequest:
 def open_calculator(path: Path) -> Any:
     """The ASE calculator of an exported file; checkpoints are refused with what to do instead."""
     from ..calculator import EKDCalculator
-    from .evaluate import is_exported
+    from .model_outputs import is_exported
 
     path = Path(path)
     if not path.exists():
@@ -517,7 +520,7 @@ def summarize(results: List[TrajectoryResult], length_ps: float) -> Dict[str, An
 
 
 def model_names(paths: Sequence[Path]) -> List[str]:
-    from .evaluate import model_names as names
+    from .model_outputs import model_names as names
 
     return names(paths)
 
