@@ -72,6 +72,13 @@ def lammps_on(folder: Path, model: Path, atoms: Atoms, type_of: dict[str, int], 
     return read_result(folder, units, (folder / "log.lammps").read_text())
 
 
+def report(what: str, energy: float, reference_energy: float, arrays: list) -> None:
+    """Print the measured agreement (shown with `pytest -s`; the closing notes quote it)."""
+    parts = [f"energy rel {abs(energy - reference_energy) / abs(reference_energy):.2e}"]
+    parts += [f"{name} max abs {np.abs(a - b).max():.2e} rel {relative(a, b):.2e}" for name, a, b in arrays]
+    print(f"\nagreement | {what} | " + " | ".join(parts))
+
+
 def relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.asarray(a) - np.asarray(b)).max() / max(np.abs(b).max(), 1e-30))
 
@@ -87,6 +94,9 @@ def test_lammps_equals_python_on_a_periodic_box(tmp_path: Path, models: dict, bo
     got = lammps_on(tmp_path, path, box, type_of)
     want = python_reference(path, box)
     tol = REL[dtype]
+    report(f"LAMMPS vs Python, {model} {dtype}, periodic box", got.energy, want["energy"],
+           [("forces", got.forces, want["forces"]), ("atom energies", got.atom_energy, want["energies"]),
+            ("virial", got.virial, want["virial"])])
     assert abs(got.energy - want["energy"]) <= tol * abs(want["energy"])
     assert np.abs(want["forces"]).max() > 1e-3, "forces must not be trivially zero"
     assert relative(got.forces, want["forces"]) <= tol * (10 if dtype == "float32" else 1)
@@ -106,6 +116,9 @@ def test_single_molecule_and_units_real(tmp_path: Path, models: dict, box: Atoms
     metal = lammps_on(tmp_path / "metal", path, molecule, type_of, "metal")
     real = lammps_on(tmp_path / "real", path, molecule, type_of, "real")
     want = python_reference(path, molecule)
+    report("single molecule, units metal", metal.energy, want["energy"], [("forces", metal.forces, want["forces"])])
+    report("single molecule, units real", real.energy, want["energy"] * EV_TO_KCAL_MOL,
+           [("forces", real.forces, want["forces"] * EV_TO_KCAL_MOL)])
     assert abs(metal.energy - want["energy"]) <= 1e-10 * abs(want["energy"])
     assert relative(metal.forces, want["forces"]) <= 1e-10
     assert abs(real.energy - want["energy"] * EV_TO_KCAL_MOL) <= 1e-10 * abs(real.energy)
@@ -125,6 +138,9 @@ def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms,
         atoms.cell[0, 0] *= 1.0
     single = lammps_on(tmp_path / "one", path, atoms, type_of)
     many = lammps_on(tmp_path / "many", path, atoms, type_of, ranks=ranks, processors=processors)
+    report(f"{ranks} ranks {processors or 'auto grid'} vs 1 rank, 2-layer teacher", many.energy, single.energy,
+           [("forces", many.forces, single.forces), ("atom energies", many.atom_energy, single.atom_energy),
+            ("virial", many.virial, single.virial)])
     assert np.abs(single.forces).max() > 1e-3
     assert abs(many.energy - single.energy) <= 1e-10 * abs(single.energy)
     assert relative(many.forces, single.forces) <= 1e-10
@@ -159,6 +175,7 @@ run 2000
     kinetic = thermo_column(log, 2)
     assert len(total) == 21 and kinetic.min() > 0
     drift = np.abs(total - total[0]).max() / len(box)
+    print(f"\nagreement | NVE 2000 x 0.25 fs, {len(box)} atoms | max |E(t) - E(0)| per atom {drift:.2e} eV")
     assert drift < 1e-5, f"energy drift {drift:.3g} eV/atom"
 
 
