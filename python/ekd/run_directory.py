@@ -7,6 +7,10 @@
     <out>/labels.h5            the teachers' labels (see ekd.distill.labels)
     <out>/student/, baseline/  checkpoint.pt, metrics.jsonl
     <out>/summary.json, summary.md, plots/*.png
+
+Under torchrun, rank 0 writes config.toml, split.json and references.json and the other ranks
+read them (`write=False`); with `shard=(rank, world_size)` an HDF5 data set is read in
+shards: each rank holds only its own contiguous block of conformations (`holding`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,6 +27,7 @@ import torch
 from .config import RunConfig, config_to_toml
 from .data import (AtomsData, GraphData, ReadReport, describe, fit_reference_energies, load_split, make_split,
                    read_data, residual_energy, save_split)
+from .data.sharded import HDF5Source, Holding, balanced_ranges, is_hdf5, neighbor_pairs_in_chunks
 from .errors import ConfigError, DataError
 from .fileio import atomic_write_text
 
@@ -39,7 +44,11 @@ class RunDirectory:
     references: np.ndarray
     progress: bool = True
     log: List[str] = field(default_factory=list)
+    holding: Optional[Holding] = None       # the conformations `data` holds (None: all of them)
+    source: Optional[HDF5Source] = None     # the index of a data set read in shards
+    rank: int = 0                           # this process's rank under torchrun
     _graphs: Dict[float, GraphData] = field(default_factory=dict)
+    _fingerprint: str = ""
 
     # ---- layout ----------------------------------------------------------------------------
     def teacher_dir(self, k: int) -> Path:
@@ -62,6 +71,31 @@ class RunDirectory:
         return getattr(torch, self.config.run.dtype)
 
     # ---- data -------------------------------------------------------------------------------
+    @property
+    def held(self) -> Holding:
+        """The conformations `data` holds, as global indices [start, stop)."""
+        return self.holding if self.holding is not None else Holding(0, len(self.data), len(self.data))
+
+    @property
+    def all_n_atoms(self) -> np.ndarray:
+        """(C,) atoms of every conformation of the data set, held here or not."""
+        return self.source.n_atoms if self.source is not None else self.data.n_atoms
+
+    def atom_offset(self, conformation: int) -> int:
+        """Index of the first atom of a conformation (global) in the whole data set."""
+        return int(np.sum(self.all_n_atoms[:conformation]))
+
+    def fingerprint(self) -> str:
+        """`ekd.distill.data_fingerprint` of the whole data set (streamed when read in shards)."""
+        if not self._fingerprint:
+            if self.source is not None:
+                self._fingerprint = self.source.fingerprint()
+            else:
+                from .distill.labels import data_fingerprint
+
+                self._fingerprint = data_fingerprint(self.data)
+        return self._fingerprint
+
     def residual_energy(self) -> np.ndarray:
         """What the networks learn: energy minus the per-element reference part (eV, float64)."""
         return residual_energy(self.data, self.elements, self.references)
@@ -70,39 +104,75 @@ class RunDirectory:
         """The data as a batchable graph for models with this cutoff (cached without extra labels)."""
         if atom_labels:
             return GraphData(self.data, self.elements, cutoff, self.dtype, self.config.run.device,
+                             pairs=neighbor_pairs_in_chunks(self.data, cutoff),
                              conformation_labels={"energy": self.residual_energy()}, atom_labels=atom_labels)
         if cutoff not in self._graphs:
             self._graphs[cutoff] = GraphData(self.data, self.elements, cutoff, self.dtype, self.config.run.device,
+                                             pairs=neighbor_pairs_in_chunks(self.data, cutoff),
                                              conformation_labels={"energy": self.residual_energy()})
         return self._graphs[cutoff]
 
 
-def open_run(root: Path, config: RunConfig, progress: bool = True) -> RunDirectory:
-    """Create or reopen a run directory; the config must match the one it was started with."""
+def open_run(root: Path, config: RunConfig, progress: bool = True, write: bool = True,
+             shard: Optional[Tuple[int, int]] = None) -> RunDirectory:
+    """Create or reopen a run directory; the config must match the one it was started with.
+
+    write=False: only read config.toml, split.json and references.json (another process —
+    rank 0 — wrote them). shard=(rank, world_size): read an HDF5 data set in shards, holding
+    only this rank's block of conformations (other formats are read whole)."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    _check_or_save_config(root, config)
+    if write:
+        root.mkdir(parents=True, exist_ok=True)
+    _check_or_save_config(root, config, write)
     report = ReadReport()
+    if shard is not None and is_hdf5(config.data):
+        return _open_sharded(root, config, progress, write, shard, report)
     data = read_data(config.data, report)
     log = [describe(data)]
     if report.skipped_nan_energy:
         log.append(f"skipped {report.skipped_nan_energy} conformations whose energy is NaN")
-    split = _split(root, data, config)
+    split = _split(root, data, config, write)
     log.append("split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
     elements = data.elements
-    references = _references(root, data.subset(split["train"]), elements, config)
+    references = _references(root, elements, config, write, data.source,
+                             lambda: fit_reference_energies(data.subset(split["train"]), elements))
     return RunDirectory(root=root, config=config, data=data, split=split, elements=elements,
                         references=references, progress=progress, log=log)
 
 
-def _check_or_save_config(root: Path, config: RunConfig) -> None:
+def _open_sharded(root: Path, config: RunConfig, progress: bool, write: bool, shard: Tuple[int, int],
+                  report: ReadReport) -> RunDirectory:
+    """The run with only this rank's conformations in memory; split and references come from
+    the file's index (sizes and energies), so they are those of a whole-file read."""
+    rank, world_size = shard
+    source = HDF5Source(config.data, report)
+    log = [source.describe()]
+    if report.skipped_nan_energy:
+        log.append(f"skipped {report.skipped_nan_energy} conformations whose energy is NaN")
+    split = _split(root, source, config, write)  # type: ignore[arg-type]  (the index has len, has_forces, source)
+    log.append("split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+    elements = source.elements
+    references = _references(root, elements, config, write, source.source,
+                             lambda: source.fit_reference_energies(split["train"], elements))
+    start, stop = balanced_ranges(source.n_atoms, world_size)[rank]
+    data = source.read(start, stop)
+    log.append(f"{world_size} ranks, each holding about {len(source) // world_size} conformations")
+    return RunDirectory(root=root, config=config, data=data, split=split, elements=elements,
+                        references=references, progress=progress, log=log,
+                        holding=Holding(start, stop, len(source)), source=source)
+
+
+def _check_or_save_config(root: Path, config: RunConfig, write: bool = True) -> None:
     path = root / "config.toml"
     text = config_to_toml(config)
+    if not path.exists() and not write:
+        raise ConfigError(f"{path} is missing (rank 0 writes it before the other ranks read it)")
     if path.exists():
         saved = tomllib.loads(path.read_text())
         current = tomllib.loads(text)
         for table in (saved, current):  # speed-only settings may change between invocations
             table.get("run", {}).pop("threads", None)
+            table.get("run", {}).pop("parallel", None)
         if saved != current:
             diff = _first_difference(saved, current)
             raise ConfigError(f"{path}: this run was started with a different configuration ({diff}); "
@@ -125,20 +195,22 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
     return ""
 
 
-def _split(root: Path, data: AtomsData, config: RunConfig) -> Dict[str, np.ndarray]:
+def _split(root: Path, data: AtomsData, config: RunConfig, write: bool = True) -> Dict[str, np.ndarray]:
     path = root / "split.json"
-    if path.exists():
+    if path.exists() or not write:
         return load_split(path, len(data))
     split = make_split(data, config.split)
     save_split(split, path)
     return split
 
 
-def _references(root: Path, train: AtomsData, elements: List[int], config: RunConfig) -> np.ndarray:
+def _references(root: Path, elements: List[int], config: RunConfig, write: bool, source: str,
+                fit: Callable[[], np.ndarray]) -> np.ndarray:
+    """The saved reference energies, else fixed ones or `fit()` (least squares on the training split)."""
     from ase.data import atomic_numbers, chemical_symbols
 
     path = root / "references.json"
-    if path.exists():
+    if path.exists() or not write:
         saved = json.loads(path.read_text())
         return np.array([saved[chemical_symbols[z]] for z in elements])
     if config.references.mode == "fixed":
@@ -151,9 +223,9 @@ def _references(root: Path, train: AtomsData, elements: List[int], config: RunCo
             raise ConfigError(f"[references] values: unknown element symbol(s) {', '.join(unknown)}")
         references = np.array([float(values[chemical_symbols[z]]) for z in elements])
     else:
-        references = fit_reference_energies(train, elements)
+        references = fit()
     if not np.all(np.isfinite(references)):
-        raise DataError(f"{train.source}: reference energies are not finite")
+        raise DataError(f"{source}: reference energies are not finite")
     atomic_write_text(path, json.dumps({chemical_symbols[z]: float(v) for z, v in zip(elements, references)},
                                        indent=1))
     return references

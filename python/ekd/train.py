@@ -14,6 +14,11 @@ Read top-down, this file is the method:
 
 Without CONFIG the whole method runs on the embedded CCSD(T) data set with the demo settings
 of `ekd/configs/default.toml`.
+
+Under `torchrun --nproc_per_node K -m ekd.train ...` the same method runs on K processes
+(docs/distributed.md): with `[run] parallel = "data"` every model trains on all of them
+(DistributedDataParallel, HDF5 data read in shards), with "teachers" each model trains whole
+on one of them; the labels are made in blocks, one per process, and merged by rank 0.
 """
 
 from __future__ import annotations
@@ -24,43 +29,53 @@ import shutil
 import sys
 import tomllib
 from pathlib import Path
-from typing import List, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .config import DEFAULT_CONFIG, RunConfig, config_to_toml, load_config
+from .data.sharded import balanced_ranges
 from .distill import read_labels, write_labels
+from .distill.labels import check_labels, interrupted_label_files, merge_label_blocks, write_label_block
 from .errors import EkdError
 from .models import Potential, build_model, count_parameters, load_model
 from .run_directory import RunDirectory, open_run
 from .summary import write_summary
 from .fileio import file_sha256
 from .training import CHECKPOINT_NAME, TrainConfig, Trainer, read_checkpoint
+from .training.distributed import Context, DistributedTrainer, from_environment
 
 STAGES = ("teachers", "label", "student", "summary", "all")
 
 
 # ---- 1. teachers ------------------------------------------------------------------------------
 
-def train_teachers(run: RunDirectory, resume: bool) -> None:
+def train_teachers(run: RunDirectory, resume: bool, dist: Optional[Context] = None) -> None:
     """Each teacher learns the energies only, from its own seed (and resample, if configured)."""
     settings = run.config.teachers
     for k in range(settings.count):
+        if not mine(run, dist, k):
+            continue
         kind, hyperparameters, seed = settings.member(k, run.config.run.seed)
         train_ids = run.split["train"]
         if settings.bootstrap:
             train_ids = np.sort(np.random.default_rng(seed).choice(train_ids, size=len(train_ids)))
         model = new_model(run, kind, hyperparameters, seed)
-        fit(run, model, train_ids, settings.train, run.teacher_dir(k), seed, f"teacher_{k}", resume)
+        fit(run, model, train_ids, settings.train, run.teacher_dir(k), seed, f"teacher_{k}", resume, dist=dist)
+    if dist is not None:
+        dist.wait_for_all("teachers")
 
 
 # ---- 2. labels -----------------------------------------------------------------------------------
 
-def label_data(run: RunDirectory, resume: bool) -> None:
+def label_data(run: RunDirectory, resume: bool, dist: Optional[Context] = None) -> None:
     """The ensemble labels every conformation (all splits) with forces and atomic energies."""
     paths = teacher_checkpoints(run)
     hashes = [file_sha256(p) for p in paths]
+    if dist is not None:
+        label_data_in_blocks(run, resume, dist, paths, hashes)
+        return
     if run.labels_path.exists():
         read_labels(run.labels_path, hashes=hashes)  # refuses labels of other teachers
         say(run, f"labels: {run.labels_path} is complete, keeping it")
@@ -75,27 +90,76 @@ def label_data(run: RunDirectory, resume: bool) -> None:
     say(run, f"labels: wrote {run.labels_path}")
 
 
+def label_data_in_blocks(run: RunDirectory, resume: bool, dist: Context, paths: List[Path], hashes: List[str]) -> None:
+    """Under torchrun: each rank labels a contiguous block of conformations (its shard, when
+    the data are sharded) into a block file; rank 0 merges the blocks into labels.h5."""
+    def state() -> bool:
+        if run.labels_path.exists():
+            check_labels(run.labels_path, hashes)  # refuses labels of other teachers
+            return True
+        if interrupted_label_files(run.labels_path) and not resume:
+            raise EkdError(f"{run.labels_path}: partial labels from an interrupted run are there; pass --resume "
+                           "to continue them")
+        return False
+
+    if on_main(dist, state):
+        say(run, f"labels: {run.labels_path} is complete, keeping it")
+        return
+    teachers = [load_model(p) for p in paths]
+    graph = run.graph(max(t.cutoff for t in teachers))
+    ranges = balanced_ranges(run.all_n_atoms, dist.world_size)
+    start, stop = ranges[dist.rank]
+    held = run.held
+    if not held.start <= start <= stop <= held.stop:
+        raise EkdError(f"rank {dist.rank} holds conformations {held.start}..{held.stop} but should label "
+                       f"{start}..{stop}")
+    write_label_block(teachers, [p.parent.name for p in paths], hashes, graph, run.labels_path, start, stop,
+                      start - held.start, batch_size=run.config.labels.batch_size, resume=resume,
+                      progress=run.progress and dist.is_main)
+    dist.wait_for_all("label blocks")
+    if dist.is_main:
+        offsets = np.concatenate([[0], np.cumsum(run.all_n_atoms)])
+        source = run.source.source if run.source is not None else run.data.source
+        merge_label_blocks(run.labels_path, [(a, b, int(offsets[a])) for a, b in ranges],
+                           [p.parent.name for p in paths], hashes, run.fingerprint(), source,
+                           len(run.all_n_atoms), int(offsets[-1]))
+    dist.wait_for_all("labels merged")
+    if dist.is_main:
+        say(run, f"labels: wrote {run.labels_path} ({dist.world_size} blocks)")
+
+
 # ---- 3. student and baseline ------------------------------------------------------------------
 
-def train_student(run: RunDirectory, resume: bool) -> None:
+def train_student(run: RunDirectory, resume: bool, dist: Optional[Context] = None) -> None:
     """The student learns energies + ensemble-mean forces (+ atomic energies); the baseline,
     same architecture and settings, learns the energies alone."""
     hashes = [file_sha256(p) for p in teacher_checkpoints(run)]
     settings = run.config.student
     seed = run.config.run.seed + 1000
     model = new_model(run, settings.kind, settings.model, seed)
-    labels = read_labels(run.labels_path, graph=run.graph(model.cutoff), hashes=hashes)
+    held = run.held
+    if held.full:
+        labels = read_labels(run.labels_path, graph=run.graph(model.cutoff), hashes=hashes)
+    else:  # this rank's rows only; rank 0 checks the file belongs to the whole data set
+        on_main(dist, lambda: check_labels(run.labels_path, hashes, run.fingerprint()))  # type: ignore[arg-type]
+        labels = read_labels(run.labels_path, hashes=hashes, part=(
+            slice(held.start, held.stop), slice(run.atom_offset(held.start), run.atom_offset(held.stop))))
     student_atom_references = run.references[run.graph(model.cutoff).species.cpu().numpy()]
     distilled = run.graph(model.cutoff, atom_labels={
         "forces": labels.forces_mean,
         "atom_energy": labels.atom_energy_mean - student_atom_references,
     })
-    fit(run, model, run.split["train"], settings.train, run.student_dir, seed, "student", resume, graph=distilled)
-    if run.config.baseline.enabled:
+    if mine(run, dist, 0):
+        fit(run, model, run.split["train"], settings.train, run.student_dir, seed, "student", resume, graph=distilled,
+            dist=dist)
+    if run.config.baseline.enabled and mine(run, dist, 1):
         baseline_settings = TrainConfig(**{**settings.train.__dict__, "forces_weight": 0.0,
                                            "atom_energy_weight": 0.0})
         baseline = new_model(run, settings.kind, settings.model, seed)
-        fit(run, baseline, run.split["train"], baseline_settings, run.baseline_dir, seed, "baseline", resume)
+        fit(run, baseline, run.split["train"], baseline_settings, run.baseline_dir, seed, "baseline", resume,
+            dist=dist)
+    if dist is not None:
+        dist.wait_for_all("student")
 
 
 # ---- shared steps -------------------------------------------------------------------------------
@@ -109,21 +173,40 @@ def new_model(run: RunDirectory, kind: str, hyperparameters: dict, seed: int) ->
 
 
 def fit(run: RunDirectory, model: Potential, train_ids: np.ndarray, settings: TrainConfig, out: Path,
-        seed: int, name: str, resume: bool, graph=None) -> None:
-    """Train `model` into `out`, reusing a finished checkpoint and resuming an unfinished one."""
+        seed: int, name: str, resume: bool, graph=None, dist: Optional[Context] = None) -> None:
+    """Train `model` into `out`, reusing a finished checkpoint and resuming an unfinished one.
+    Under torchrun with parallel = "data" every rank takes part (DistributedDataParallel);
+    with "teachers" the calling rank trains the model alone."""
     checkpoint = out / CHECKPOINT_NAME
-    if checkpoint.exists():
+    together = dist is not None and run.config.run.parallel == "data"
+
+    def status() -> tuple[str, bool]:
+        if not checkpoint.exists():
+            return "", False
         state = read_checkpoint(checkpoint)
         if state.get("finished"):
-            say(run, f"{name}: already trained ({state['stop_reason']}), keeping {checkpoint}")
-            return
+            return f"{name}: already trained ({state['stop_reason']}), keeping {checkpoint}", True
         if not resume:
             raise EkdError(f"{checkpoint} is from an interrupted run; pass --resume to continue it")
-        say(run, f"{name}: resuming from epoch {state['epoch']}")
+        return f"{name}: resuming from epoch {state['epoch']}", False
+
+    message, finished = on_main(dist, status) if together else status()  # type: ignore[arg-type]
+    if message:
+        say(run, message)
+    if finished:
+        return
     say(run, f"{name}: {model.kind}, {count_parameters(model):,} parameters, {len(train_ids)} training "
-             f"conformations")
-    trainer = Trainer(model, graph if graph is not None else run.graph(model.cutoff), train_ids,
-                      run.split["val"], settings, out, seed, name, progress=run.progress)
+             f"conformations" + (f", on {dist.world_size} ranks" if together else ""))  # type: ignore[union-attr]
+    graph = graph if graph is not None else run.graph(model.cutoff)
+    if together:
+        trainer: Trainer = DistributedTrainer(model, graph, train_ids, run.split["val"], settings, out, seed, name,
+                                              progress=run.progress and dist.is_main,  # type: ignore[union-attr]
+                                              context=dist, holding=run.held)
+    else:
+        trainer = Trainer(model, graph, train_ids, run.split["val"], settings, out, seed, name,
+                          progress=run.progress and (dist is None or dist.is_main))
+        if dist is not None:  # models spread over ranks: stop when another rank failed
+            trainer.after_epoch = dist.raise_if_peer_failed
     result = trainer.run(resume=True)
     say(run, f"{name}: {result.stop_reason}; best epoch {result.best_epoch}, "
              f"{result.conformations_per_second:.0f} conformations/s")
@@ -141,8 +224,32 @@ def teacher_checkpoints(run: RunDirectory) -> List[Path]:
 
 
 def say(run: RunDirectory, message: str) -> None:
+    """Log a line: rank 0 prints it; other ranks print theirs only when they train models alone."""
     run.log.append(message)
-    print(message, flush=True)
+    if run.rank == 0:
+        print(message, flush=True)
+    elif run.config.run.parallel == "teachers":
+        print(f"[rank {run.rank}] {message}", flush=True)
+
+
+def mine(run: RunDirectory, dist: Optional[Context], k: int) -> bool:
+    """Whether this process trains the k-th model of a stage (all do, unless parallel = "teachers")."""
+    return dist is None or run.config.run.parallel == "data" or k % dist.world_size == dist.rank
+
+
+def on_main(dist: Optional[Context], work: Callable[[], Any]) -> Any:
+    """`work()` done by rank 0 only, its result given to every rank; if it raises, every rank
+    stops (RankFailed naming rank 0). Without torchrun, simply `work()`."""
+    if dist is None:
+        return work()
+    result, error = None, None
+    if dist.is_main:
+        try:
+            result = work()
+        except Exception as err:
+            error = err
+    dist.agree(error)
+    return dist.broadcast(result)
 
 
 def adopt_teachers(source: Path, config: RunConfig, out: Path) -> None:
@@ -187,41 +294,84 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_stages(config: RunConfig, out: Path, stage: str, resume: bool, progress: bool = True) -> RunDirectory:
-    """Run the requested stage(s) of the method in `out`; always ends with a fresh summary."""
-    torch.set_num_threads(config.run.threads or os.cpu_count() or 1)
-    run = open_run(out, config, progress)
-    for line in run.log:
-        print(line, flush=True)
+def run_stages(config: RunConfig, out: Path, stage: str, resume: bool, progress: bool = True,
+               dist: Optional[Context] = None) -> RunDirectory:
+    """Run the requested stage(s) of the method in `out`; always ends with a fresh summary
+    (written by rank 0 under torchrun)."""
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(config.run.threads or max(1, cores // (dist.local_world_size if dist else 1)))
+    run = open_run(out, config, progress) if dist is None else open_run_distributed(out, config, progress, dist)
+    if run.rank == 0:
+        for line in run.log:
+            print(line, flush=True)
     if stage in ("teachers", "all"):
-        train_teachers(run, resume)
+        train_teachers(run, resume, dist)
     if stage in ("label", "all"):
-        label_data(run, resume)
+        label_data(run, resume, dist)
     if stage in ("student", "all"):
-        train_student(run, resume)
-    table = write_summary(run)
+        train_student(run, resume, dist)
+    if run.rank != 0:
+        return run
+    whole = run if run.held.full else open_run(out, config, progress)  # the summary evaluates all data
+    table = write_summary(whole)
     print(table, flush=True)
+    return run
+
+
+def open_run_distributed(out: Path, config: RunConfig, progress: bool, dist: Context) -> RunDirectory:
+    """Rank 0 opens the run directory (writing config, split and references), then the other
+    ranks read it. With parallel = "data" an HDF5 data set is read in shards."""
+    shard = (dist.rank, dist.world_size) if config.run.parallel == "data" else None
+    run, error = None, None
+    if dist.is_main:
+        try:
+            run = open_run(out, config, progress, shard=shard)
+        except Exception as err:
+            error = err
+    dist.agree(error)
+    if not dist.is_main:
+        try:
+            run = open_run(out, config, False, write=False, shard=shard)
+        except Exception as err:
+            error = err
+    dist.agree(error)
+    assert run is not None
+    run.rank = dist.rank
     return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    dist: Optional[Context] = None
     try:
         config = load_config(args.config)
+        dist = from_environment(config.run.device)  # None unless torchrun started several processes
+        first = dist is None or dist.is_main
         if args.print_config:
-            print(config_to_toml(config))
-            return 0
-        if config.description:
-            print(config.description.strip(), flush=True)
-        if args.teachers_from is not None:
-            adopt_teachers(args.teachers_from, config, args.out)
-        run_stages(config, args.out, args.stage, args.resume, progress=not args.quiet)
-    except EkdError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; continue with --resume", file=sys.stderr)
-        return 130
+            if first:
+                print(config_to_toml(config))
+        else:
+            if config.description and first:
+                print(config.description.strip(), flush=True)
+            if args.teachers_from is not None:
+                on_main(dist, lambda: adopt_teachers(args.teachers_from, config, args.out))
+            run_stages(config, args.out, args.stage, args.resume, progress=not args.quiet, dist=dist)
+    except BaseException as err:
+        if dist is not None:  # name the rank at fault, tell the others, and leave without waiting for them
+            code = dist.report(err)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        if isinstance(err, EkdError):
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, before the ranks connected: say it once
+                print(f"error: {err}", file=sys.stderr)
+            return 2
+        if isinstance(err, KeyboardInterrupt):
+            print("\ninterrupted; continue with --resume", file=sys.stderr)
+            return 130
+        raise
+    if dist is not None:
+        dist.close()
     return 0
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ekd.config import load_config
 from ekd.errors import ModelFileError
-from ekd.export import METADATA_NAME, export_model, graph_of, read_metadata, verify, deploy
+from ekd.export import METADATA_NAME, graph_of, read_metadata, verify, deploy
 from ekd.export.__main__ import main as export_main
 from ekd.models import load_model
 from ekd.run_directory import open_run

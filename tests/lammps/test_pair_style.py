@@ -68,7 +68,7 @@ def lammps_on(folder: Path, model: Path, atoms: Atoms, type_of: dict[str, int], 
     folder.mkdir(parents=True, exist_ok=True)
     write_data(folder / "data.lmp", atoms, type_of)
     elements = [s for s, _ in sorted(type_of.items(), key=lambda kv: kv[1])]
-    result = run_lammps(folder, deck(model, elements, units, processors=processors), ranks=ranks)
+    run_lammps(folder, deck(model, elements, units, processors=processors), ranks=ranks)
     return read_result(folder, units, (folder / "log.lammps").read_text())
 
 

@@ -123,6 +123,18 @@ def _energy_keys(group: h5py.Group) -> list[str]:
     return sorted(k for k in group if k == "energies" or k.endswith(".energy"))
 
 
+def ani_energy_key(group: h5py.Group, spec: DataSpec, where: str) -> str:
+    """The energy dataset of an ANI-layout group: the configured key, else `energies`."""
+    energy_key = spec.energy_key or ("energies" if "energies" in group else "")
+    if not energy_key:
+        raise DataError(f"{where}: choose the energy with energy_key; this file has "
+                        f"{', '.join(_energy_keys(group)) or 'no energy datasets'}")
+    if energy_key not in group:
+        raise DataError(f"{where}: no dataset {energy_key!r}; energies here: "
+                        f"{', '.join(_energy_keys(group)) or 'none'}")
+    return energy_key
+
+
 def _read_ani_group(group: h5py.Group, spec: DataSpec, path: Path, report: ReadReport) -> AtomsData | None:
     where = f"{path}:{group.name}"
     species = _group_species(group, where)
@@ -131,13 +143,7 @@ def _read_ani_group(group: h5py.Group, spec: DataSpec, path: Path, report: ReadR
     if coords.ndim != 3 or coords.shape[1:] != (n_atoms, 3):
         raise DataError(f"{where}/coordinates has shape {coords.shape}, expected (n, {n_atoms}, 3) "
                         f"for {n_atoms} species")
-    energy_key = spec.energy_key or ("energies" if "energies" in group else "")
-    if not energy_key:
-        raise DataError(f"{where}: choose the energy with energy_key; this file has "
-                        f"{', '.join(_energy_keys(group)) or 'no energy datasets'}")
-    if energy_key not in group:
-        raise DataError(f"{where}: no dataset {energy_key!r}; energies here: "
-                        f"{', '.join(_energy_keys(group)) or 'none'}")
+    energy_key = ani_energy_key(group, spec, where)
     energy = np.asarray(group[energy_key][()], dtype=np.float64).reshape(-1)
     if energy.shape[0] != coords.shape[0]:
         raise DataError(f"{where}/{energy_key} has {energy.shape[0]} values for {coords.shape[0]} conformations")

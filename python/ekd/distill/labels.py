@@ -17,6 +17,11 @@ Layout of `labels.h5` (A atoms, C conformations, M teachers, in the data set's o
 The file is written as `labels.h5.partial` batch by batch, with the number of labelled
 conformations in the attribute `done`; a killed run resumes from there, and only a complete
 file is renamed to `labels.h5`. A partial file whose teachers or data differ is discarded.
+
+Under torchrun each rank labels a contiguous block of conformations into its own file
+(`labels.h5.part-<start>-<stop>`, written as `.partial` with the same `done` counter), and
+rank 0 merges the complete blocks into `labels.h5` (atomically, by rename); the block files
+are removed only after the merge, so a killed run resumes from whatever blocks survived.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 
-from ..data import GraphData
+from ..data import AtomsData, GraphData
 from ..errors import DataError
 from ..models import Potential
 from ..training import predict_all
@@ -53,11 +58,16 @@ class Labels:
     teacher_sha256: List[str]
 
 
-def data_fingerprint(graph: GraphData) -> str:
-    """Hash of species and positions: labels belong to exactly these conformations."""
+def data_fingerprint(graph: GraphData | AtomsData, atoms: Optional[slice] = None) -> str:
+    """Hash of species and positions: labels belong to exactly these conformations
+    (all atoms of the graph's data, or the atoms `atoms` of it)."""
+    data = graph.data if isinstance(graph, GraphData) else graph
+    species, positions = data.species, data.positions
+    if atoms is not None:
+        species, positions = species[atoms], positions[atoms]
     digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(graph.data.species).tobytes())
-    digest.update(np.ascontiguousarray(graph.data.positions).tobytes())
+    digest.update(np.ascontiguousarray(species).tobytes())
+    digest.update(np.ascontiguousarray(positions).tobytes())
     return digest.hexdigest()[:32]
 
 
@@ -107,24 +117,34 @@ def write_labels(teachers: List[Potential], names: List[str], hashes: List[str],
     h5 = _open_partial(partial, hashes, fingerprint) if (resume and partial.exists()) else None
     if h5 is None:
         h5 = _create(partial, len(data), data.n_total_atoms, names, hashes, fingerprint, data.source)
-    offsets = data.offsets
     with h5:
-        done = int(h5.attrs["done"])
-        bar = Progress(len(data), "labels", unit="conf", enabled=progress, initial=done)
-        for start in range(done, len(data), batch_size):
-            stop = min(start + batch_size, len(data))
-            _label_chunk(h5, teachers, graph, np.arange(start, stop), int(offsets[start]), int(offsets[stop]))
-            h5.attrs["done"] = stop
-            h5.flush()
-            bar.update(stop - start)
-        bar.close()
-        h5.attrs["complete"] = True
+        _label_rows(h5, teachers, graph, 0, len(data), batch_size, progress)
     os.replace(partial, path)
     return path
 
 
-def _label_chunk(h5: h5py.File, teachers: List[Potential], graph: GraphData, ids: np.ndarray,
+def _label_rows(h5: h5py.File, teachers: List[Potential], graph: GraphData, first: int, count: int,
+                batch_size: int, progress: bool) -> None:
+    """Label conformations first .. first+count of `graph` into rows 0 .. count of `h5`, from
+    its `done` counter on, flushing after every batch; then mark the file complete."""
+    offsets = graph.data.offsets
+    base = int(offsets[first])
+    done = int(h5.attrs["done"])
+    bar = Progress(count, "labels", unit="conf", enabled=progress, initial=done)
+    for start in range(done, count, batch_size):
+        stop = min(start + batch_size, count)
+        _label_chunk(h5, teachers, graph, np.arange(first + start, first + stop), start,
+                     int(offsets[first + start]) - base, int(offsets[first + stop]) - base)
+        h5.attrs["done"] = stop
+        h5.flush()
+        bar.update(stop - start)
+    bar.close()
+    h5.attrs["complete"] = True
+
+
+def _label_chunk(h5: h5py.File, teachers: List[Potential], graph: GraphData, ids: np.ndarray, row: int,
                  a0: int, a1: int) -> None:
+    """Labels of conformations `ids` of `graph` into rows row.. and atom rows a0..a1 of `h5`."""
     preds = [predict_all(t, graph, ids, batch_size=len(ids), forces=True) for t in teachers]
     for k, p in enumerate(preds):
         bad = np.flatnonzero(~np.isfinite(p.energy))
@@ -136,9 +156,10 @@ def _label_chunk(h5: h5py.File, teachers: List[Potential], graph: GraphData, ids
     forces = np.stack([p.forces for p in preds], axis=0)                   # (M, a, 3)
     atom_energies = np.stack([p.atom_energy for p in preds], axis=0)       # (M, a)
     mean_forces = forces.mean(axis=0)
-    h5["energy_members"][ids[0]:ids[-1] + 1] = energies
-    h5["energy_mean"][ids[0]:ids[-1] + 1] = energies.mean(axis=1)
-    h5["energy_std"][ids[0]:ids[-1] + 1] = energies.std(axis=1)
+    rows = slice(row, row + len(ids))
+    h5["energy_members"][rows] = energies
+    h5["energy_mean"][rows] = energies.mean(axis=1)
+    h5["energy_std"][rows] = energies.std(axis=1)
     h5["forces_members"][:, a0:a1] = forces
     h5["forces_mean"][a0:a1] = mean_forces
     h5["forces_std"][a0:a1] = np.sqrt(np.mean(np.sum((forces - mean_forces) ** 2, axis=-1), axis=0))
@@ -146,8 +167,97 @@ def _label_chunk(h5: h5py.File, teachers: List[Potential], graph: GraphData, ids
     h5["atom_energy_mean"][a0:a1] = atom_energies.mean(axis=0)
 
 
-def read_labels(path: Path, graph: GraphData | None = None, hashes: List[str] | None = None) -> Labels:
-    """Read a complete labels file; check it matches the data and teachers when given."""
+# ---- one block per rank, merged by rank 0 (torchrun) ------------------------------------------
+
+def block_path(path: Path, start: int, stop: int) -> Path:
+    """The file of the block of conformations [start, stop) of labels file `path`."""
+    return Path(path).with_name(f"{Path(path).name}.part-{start}-{stop}")
+
+
+def interrupted_label_files(path: Path) -> List[Path]:
+    """Partial labels and block files an interrupted labelling left beside `path`."""
+    path = Path(path)
+    return sorted(path.parent.glob(path.name + ".part-*")) + [p for p in [path.with_name(path.name + ".partial")]
+                                                               if p.exists()]
+
+
+def write_label_block(teachers: List[Potential], names: List[str], hashes: List[str], graph: GraphData,
+                      path: Path, start: int, stop: int, first: int, batch_size: int = 256, resume: bool = True,
+                      progress: bool = True) -> Path:
+    """Label conformations [start, stop) of the data set, which are conformations first ..
+    first + (stop - start) of `graph`, into their block file (resumable like `write_labels`)."""
+    block = block_path(path, start, stop)
+    offsets = graph.data.offsets
+    atoms = slice(int(offsets[first]), int(offsets[first + stop - start]))
+    fingerprint = data_fingerprint(graph, atoms)
+    if block.exists():
+        done = _open_partial(block, hashes, fingerprint)  # removed when it is of other teachers / data
+        if done is not None:
+            with done:
+                if done.attrs.get("complete", False):
+                    return block
+            block.unlink()
+    partial = block.with_name(block.name + ".partial")
+    h5 = _open_partial(partial, hashes, fingerprint) if (resume and partial.exists()) else None
+    if h5 is None:
+        h5 = _create(partial, stop - start, atoms.stop - atoms.start, names, hashes, fingerprint,
+                     f"{graph.data.source} [{start}:{stop}]")
+    with h5:
+        _label_rows(h5, teachers, graph, first, stop - start, batch_size, progress)
+    os.replace(partial, block)
+    return block
+
+
+def merge_label_blocks(path: Path, blocks: Sequence[Tuple[int, int, int]], names: List[str], hashes: List[str],
+                       fingerprint: str, source: str, n_conformations: int, n_atoms: int,
+                       rows_per_copy: int = 1 << 18) -> Path:
+    """Join the complete block files (start, stop, first atom) into `path`, written under a
+    temporary name and renamed; the block files are removed afterwards. Memory is bounded by
+    `rows_per_copy` rows."""
+    path = Path(path)
+    merging = path.with_name(path.name + ".merging")
+    h5 = _create(merging, n_conformations, n_atoms, names, hashes, fingerprint, source)
+    with h5:
+        for start, stop, a0 in blocks:
+            block = block_path(path, start, stop)
+            try:
+                part = h5py.File(block, "r")
+            except OSError as err:
+                raise DataError(f"{block}: label block missing or unreadable ({err})") from None
+            with part:
+                if not part.attrs.get("complete", False) or [str(h) for h in part.attrs["teacher_sha256"]] != hashes:
+                    raise DataError(f"{block}: not a complete label block of these teachers")
+                for name in ("energy_members", "energy_mean", "energy_std"):
+                    for r in range(0, stop - start, rows_per_copy):
+                        rows = slice(r, min(r + rows_per_copy, stop - start))
+                        h5[name][start + rows.start:start + rows.stop] = part[name][rows]
+                n = part["forces_mean"].shape[0]
+                for r in range(0, n, rows_per_copy):
+                    rows = slice(r, min(r + rows_per_copy, n))
+                    target = slice(a0 + rows.start, a0 + rows.stop)
+                    for name in ("forces_mean", "forces_std", "atom_energy_mean"):
+                        h5[name][target] = part[name][rows]
+                    for name in ("forces_members", "atom_energy_members"):
+                        h5[name][:, target] = part[name][:, rows]
+        h5.attrs["done"] = n_conformations
+        h5.attrs["complete"] = True
+    os.replace(merging, path)
+    for leftover in interrupted_label_files(path):
+        leftover.unlink()
+    return path
+
+
+def check_labels(path: Path, hashes: List[str], fingerprint: Optional[str] = None) -> None:
+    """Refuse a labels file that is incomplete or belongs to other teachers or data."""
+    read_labels(path, hashes=hashes, fingerprint=fingerprint, part=(slice(0, 0), slice(0, 0)))
+
+
+def read_labels(path: Path, graph: GraphData | None = None, hashes: List[str] | None = None,
+                fingerprint: Optional[str] = None, part: Optional[Tuple[slice, slice]] = None) -> Labels:
+    """Read a complete labels file; check it matches the data and teachers when given.
+
+    fingerprint: the data fingerprint to expect (instead of computing it from `graph`);
+    part: (conformations, atoms) slices to read instead of everything (a rank's shard)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"labels file not found: {path} (run the 'label' stage first)")
@@ -162,8 +272,11 @@ def read_labels(path: Path, graph: GraphData | None = None, hashes: List[str] | 
         if hashes is not None and file_hashes != list(hashes):
             raise DataError(f"{path}: labels were made by other teachers than the run's; delete the file "
                             "and run the 'label' stage again")
-        if graph is not None and h5.attrs.get("data_fingerprint") != data_fingerprint(graph):
+        if fingerprint is None and graph is not None:
+            fingerprint = data_fingerprint(graph)
+        if fingerprint is not None and h5.attrs.get("data_fingerprint") != fingerprint:
             raise DataError(f"{path}: labels were made for other data (fingerprint differs)")
-        return Labels(forces_mean=h5["forces_mean"][()], forces_std=h5["forces_std"][()],
-                      atom_energy_mean=h5["atom_energy_mean"][()], energy_mean=h5["energy_mean"][()],
-                      energy_std=h5["energy_std"][()], teacher_sha256=file_hashes)
+        conformations, atoms = part if part is not None else (slice(None), slice(None))
+        return Labels(forces_mean=h5["forces_mean"][atoms], forces_std=h5["forces_std"][atoms],
+                      atom_energy_mean=h5["atom_energy_mean"][atoms], energy_mean=h5["energy_mean"][conformations],
+                      energy_std=h5["energy_std"][conformations], teacher_sha256=file_hashes)

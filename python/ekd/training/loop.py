@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -69,7 +69,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[s
 
 
 class Trainer:
-    """Trains one model on one GraphData. `run()` resumes from `out_dir/checkpoint.pt` if present."""
+    """Trains one model on one GraphData. `run()` resumes from `out_dir/checkpoint.pt` if present.
+
+    `after_epoch`, if set, is called after every epoch's checkpoint (e.g. to stop when another
+    process of a distributed run failed). `ekd.training.distributed.DistributedTrainer` is the
+    same loop on several processes.
+    """
 
     def __init__(self, model: Potential, graph: GraphData, train_ids: np.ndarray, val_ids: np.ndarray,
                  config: TrainConfig, out_dir: Path, seed: int, name: str = "model",
@@ -88,7 +93,8 @@ class Trainer:
         self.best_state: Dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
         self.history: List[Dict[str, Any]] = []
         self.stop_reason = ""
-        self.min_distance = shortest_distance(graph, self.train_ids)
+        self.after_epoch: Optional[Callable[[], None]] = None
+        self.min_distance = self._shortest_distance()
 
     # ---- state ---------------------------------------------------------------------------
     @property
@@ -108,6 +114,13 @@ class Trainer:
             "data": {"min_distance": self.min_distance, "train_conformations": int(len(self.train_ids))},
             "finished": bool(self.stop_reason), "stop_reason": self.stop_reason,
         }
+
+    def _shortest_distance(self) -> float:
+        return shortest_distance(self.graph, self.train_ids)
+
+    def _saved_state(self) -> Optional[Dict[str, Any]]:
+        """The checkpoint to resume from, if there is one."""
+        return read_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
 
     def _restore(self, state: Dict[str, Any]) -> None:
         if state.get("model_spec", {}).get("hyperparameters") != model_spec(self.model).get("hyperparameters"):
@@ -131,9 +144,13 @@ class Trainer:
         reference = self.model.reference_tensor(batch.species.device)[batch.species]
         return scatter_sum(reference, batch.conformation, batch.n_conformations).to(batch.positions.dtype)
 
+    def _epoch_generator(self) -> torch.Generator:
+        """The generator of this epoch's shuffling: a function of (seed, epoch) only."""
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
     def _train_epoch(self) -> Dict[str, float]:
         self.model.train()
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = self._epoch_generator()
         sums: Dict[str, float] = {}
         n_batches = 0
         for batch in self.graph.batches(self.train_ids, self.config.batch_size, shuffle=True,
@@ -184,8 +201,9 @@ class Trainer:
         return ""
 
     def run(self, resume: bool = True) -> TrainResult:
-        if resume and self.checkpoint_path.exists():
-            self._restore(read_checkpoint(self.checkpoint_path))
+        state = self._saved_state() if resume else None
+        if state is not None:
+            self._restore(state)
         bar = Progress(self.config.max_epochs, self.name, unit="epoch", enabled=self.show_progress,
                        initial=self.epoch)
         conformations_seen, seconds_training = 0, 0.0
@@ -213,6 +231,8 @@ class Trainer:
             self._save()
             bar.update(1, train=train["loss"], val=val["loss"], best=self.best_val,
                        lr=self.optimizer.param_groups[0]["lr"])
+            if self.after_epoch is not None:
+                self.after_epoch()
         bar.close()
         if not self.checkpoint_path.exists():
             self._save()
