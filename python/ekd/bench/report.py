@@ -34,7 +34,7 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append(
             f"| {row['model']} | {row['atoms']} | {row['ranks']} × {row['threads']} | {_f(row['katom_step_per_s'])} | "
             f"{_f(row['timesteps_per_s'])} | {_f(row['ns_per_day'])} | {_f(row['pair_fraction'] * 100, 3)}% | "
-            f"{_f(row.get('model_ms'))} | {_f(row.get('overhead', float('nan')) * 100, 2)}% | "
+            f"{_f(row.get('model_ms'))} | {_percent(row.get('overhead'))} | "
             f"{_f(row['peak_rss_mb'], 4)} | {_f(_scaled(accuracy.get('energy_rmse')), 3)} | "
             f"{_f(_scaled(accuracy.get('force_rmse')), 3)} |")
     if report.get("ratios"):
@@ -43,6 +43,11 @@ def markdown(report: Dict[str, Any]) -> str:
         for r in report["ratios"]:
             lines.append(f"| {r['atoms']} | {r['ranks']} | {_f(r['speed'])}× | {_f(r['memory'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _percent(fraction: Any) -> str:
+    """A fraction as a signed percentage; a dash where it was not measured (several ranks)."""
+    return "—" if fraction is None else f"{fraction * 100:+.2g}%"
 
 
 def _scaled(value: Any) -> Any:
