@@ -413,7 +413,8 @@ void PairEKD::build_graph()
     build_graph_one_rank();
 }
 
-// tag -> local index, then owner of every local and ghost atom (one rank only)
+// tag -> local index, then the owner of every local and ghost atom: on one rank every ghost
+// is an image of a local atom; on several ranks ghosts owned elsewhere get -1
 void PairEKD::build_owner_map()
 {
   const int nlocal = atom->nlocal;
@@ -440,7 +441,7 @@ void PairEKD::build_owner_map()
       auto it = tag_to_local_sparse.find(tag[k]);
       if (it != tag_to_local_sparse.end()) o = it->second;
     }
-    if (o < 0)
+    if (o < 0 && !many_ranks)
       error->one(FLERR, "pair_style ekd: atom ID {} of a ghost atom has no local owner on this rank",
                  tag[k]);
     owner[k] = o;
@@ -512,6 +513,10 @@ void PairEKD::build_graph_many_ranks()
   const double cutsq_model = cutoff * cutoff;
   const double minsq = min_distance * min_distance;
 
+  if (neighbor->ago == 0 || owner_built_at != neighbor->ncalls ||
+      static_cast<int>(owner.size()) != nall)
+    build_owner_map();
+
   atom_node.assign(nall, -1);
   node_atom.clear();
   node_hop.clear();
@@ -520,6 +525,10 @@ void PairEKD::build_graph_many_ranks()
     node_atom.push_back(i);
     node_hop.push_back(0);
   }
+  // a periodic image of one of this rank's own atoms has that atom's features: it is the
+  // same node (as on one rank), which saves evaluating the images as extra receivers
+  for (int k = nlocal; k < nall; ++k)
+    if (owner[k] >= 0) atom_node[k] = owner[k];
 
   const int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;

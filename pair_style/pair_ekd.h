@@ -88,7 +88,7 @@ class PairEKD : public Pair {
   std::vector<int> atom_node;          // several ranks: LAMMPS index -> node or -1
   int n_nodes;
 
-  // one rank: owner (local index) of every local and ghost atom, rebuilt on
+  // owner (local index) of every local and ghost atom (-1: owned by another rank), rebuilt on
   // reneighbouring steps from a tag -> local index map
   std::vector<int> owner;
   std::vector<int> tag_to_local;
