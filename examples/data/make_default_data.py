@@ -34,7 +34,8 @@ of each molecule and estimates the total cost; ``--check`` compares the
 analytic CCSD(T) forces of a distorted water molecule with central finite
 differences of the CCSD(T) energy.
 
-Regenerate the shipped file (from the repository root)::
+Regenerate the shipped file (from the repository root; PySCF and tblite come with
+``pip install -e .[qc]``)::
 
     OMP_NUM_THREADS=1 python examples/data/make_default_data.py --resume
 """

@@ -19,7 +19,7 @@ from ekd.bench.boxes import base_box, box_of_size, representative_molecules
 from ekd.bench.lammps_runner import write_data
 from ekd.config import load_config
 from ekd.data import read_data
-from ekd.export import export_model, read_metadata
+from ekd.export import export_model
 from ekd.export.__main__ import checkpoints_for
 
 HERE = Path(__file__).resolve().parent
