@@ -30,5 +30,7 @@ def test_quick_benchmark_report(tiny_run: Path, tmp_path: Path) -> None:
 def test_bad_inputs(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(tmp_path / "absent.pt"), "--quick"]) == 2
     assert "model file not found" in capsys.readouterr().err
-    assert main([str(tiny_run), "--models", "student", "--sizes", "10", "--out", str(tmp_path)]) == 2
+    # one copy of the molecules at 20 g/cm³: a box edge of a few Å, below cutoff + skin
+    assert main([str(tiny_run), "--models", "student", "--sizes", "10", "--density", "20", "--out",
+                 str(tmp_path)]) == 2
     assert "smaller than the cutoff" in capsys.readouterr().err
