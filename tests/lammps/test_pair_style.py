@@ -21,15 +21,38 @@ REL = {"float64": 1e-10, "float32": 1e-5}
 
 @pytest.fixture(scope="module")
 def models(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny run's 1-layer student and 2-layer teacher, in float64 and float32."""
+    """The tiny run's 1-layer student and 2-layer teacher, and a 2-layer equivariant model,
+    in float64 and float32."""
     folder = tmp_path_factory.mktemp("lammps_models")
     files = {}
+    equivariant = equivariant_checkpoint(tiny_run / "teachers/teacher_0/checkpoint.pt", folder)
     for name, checkpoint in (("student", tiny_run / "student/checkpoint.pt"),
-                             ("teacher", tiny_run / "teachers/teacher_0/checkpoint.pt")):
+                             ("teacher", tiny_run / "teachers/teacher_0/checkpoint.pt"),
+                             ("equivariant", equivariant)):
         for dtype in ("float64", "float32"):
             files[f"{name}_{dtype}"] = folder / f"{name}_{dtype}.pt"
             export_model([checkpoint], files[f"{name}_{dtype}"], getattr(torch, dtype))
     return files
+
+
+def equivariant_checkpoint(template: Path, folder: Path) -> Path:
+    """A 2-interaction equivariant model with random (not trained) weights in a checkpoint of
+    the tiny run's format: LAMMPS must reproduce any weights, and random ones give large forces."""
+    from ekd.models import build_model
+    from ekd.models.registry import model_spec
+    from ekd.training import read_checkpoint
+
+    state = read_checkpoint(template)
+    torch.manual_seed(7)
+    model = build_model("equivariant", state["model_spec"]["elements"],
+                        {"n_features": 8, "l_max": 1, "n_interactions": 2, "cutoff": 3.5}).double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    state.update(model_spec=model_spec(model), best_state=model.state_dict(), dtype="float64")
+    path = folder / "equivariant.pt.checkpoint"
+    torch.save(state, path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +107,7 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("model", ["student", "teacher"])
+@pytest.mark.parametrize("model", ["student", "teacher", "equivariant"])
 def test_lammps_equals_python_on_a_periodic_box(tmp_path: Path, models: dict, box: Atoms, model: str,
                                                 dtype: str) -> None:
     path = models[f"{model}_{dtype}"]
@@ -125,11 +148,13 @@ def test_single_molecule_and_units_real(tmp_path: Path, models: dict, box: Atoms
     assert relative(real.forces, want["forces"] * EV_TO_KCAL_MOL) <= 1e-10
 
 
-@pytest.mark.parametrize("ranks, processors", [(2, ""), (4, ""), (4, "processors 4 1 1")])
-def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms, ranks: int,
+@pytest.mark.parametrize("model, ranks, processors", [("teacher", 2, ""), ("teacher", 4, ""),
+                                                      ("teacher", 4, "processors 4 1 1"),
+                                                      ("equivariant", 2, "")])
+def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms, model: str, ranks: int,
                                        processors: str) -> None:
-    """The 2-interaction teacher needs a ghost shell of twice its cutoff to be exact."""
-    path = models["teacher_float64"]
+    """2-interaction models need a ghost shell of twice their cutoff to be exact."""
+    path = models[f"{model}_float64"]
     elements = read_metadata(path)["elements"]
     type_of = {s: k + 1 for k, s in enumerate(elements)}
     atoms = box.copy()
@@ -138,7 +163,7 @@ def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms,
         atoms.cell[0, 0] *= 1.0
     single = lammps_on(tmp_path / "one", path, atoms, type_of)
     many = lammps_on(tmp_path / "many", path, atoms, type_of, ranks=ranks, processors=processors)
-    report(f"{ranks} ranks {processors or 'auto grid'} vs 1 rank, 2-layer teacher", many.energy, single.energy,
+    report(f"{ranks} ranks {processors or 'auto grid'} vs 1 rank, 2-layer {model}", many.energy, single.energy,
            [("forces", many.forces, single.forces), ("atom energies", many.atom_energy, single.atom_energy),
             ("virial", many.virial, single.virial)])
     assert np.abs(single.forces).max() > 1e-3
