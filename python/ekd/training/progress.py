@@ -21,6 +21,7 @@ class Progress:
         self.values: Dict[str, str] = {}
         self._last_log = time.monotonic()
         self._start = time.monotonic()
+        self._logged_count = -1          # count of the last printed line, so close() never repeats it
         self._bar: Optional[tqdm] = None
         if enabled and sys.stderr.isatty():
             self._bar = tqdm(total=total, desc=description, unit=unit, initial=initial, dynamic_ncols=True,
@@ -37,6 +38,7 @@ class Progress:
 
     def _log(self) -> None:
         self._last_log = time.monotonic()
+        self._logged_count = self.count
         elapsed = self._last_log - self._start
         shown = " ".join(f"{k}={v}" for k, v in self.values.items())
         print(f"{self.description}: {self.count}/{self.total} {self.unit} ({elapsed:.0f} s) {shown}",
@@ -45,5 +47,5 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled:
+        elif self.enabled and self._logged_count != self.count:
             self._log()
