@@ -117,38 +117,38 @@ def ensemble_uncertainty(output: ModelOutput, data: AtomsData, settings: Evaluat
 
 
 def _plots(outputs: List[ModelOutput], data: AtomsData, report: Dict[str, Any], out_dir: Path) -> Dict[str, str]:
-    from .plots import axes_grid, parity_panel
-
     ok = [o for o in outputs if o.error is None]
     paths: Dict[str, str] = {}
     if not ok:
         return paths
     reference = relative_to_group_mean(data.energy, data.group)
-    plt, fig, axes = axes_grid(len(ok))
-    for ax, o in zip(axes, ok):
-        parity_panel(ax, reference, relative_to_group_mean(o.energy, data.group), o.name, "eV")
-    for ax in axes[len(ok):]:
-        ax.axis("off")
-    fig.suptitle("energies relative to each molecule's mean", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out_dir / "energy_parity.png", dpi=110)
-    plt.close(fig)
-    paths["energy_parity"] = str(out_dir / "energy_parity.png")
+    paths["energy_parity"] = _parity_figure(
+        [(o.name, reference, relative_to_group_mean(o.energy, data.group)) for o in ok], "eV",
+        "energies relative to each molecule's mean", out_dir / "energy_parity.png")
     if data.forces is not None and data.has_forces.any():
-        plt, fig, axes = axes_grid(len(ok))
-        for ax, o in zip(axes, ok):
-            parity_panel(ax, data.forces.ravel(), o.forces.ravel(), o.name, "eV/Å")
-        for ax in axes[len(ok):]:
-            ax.axis("off")
-        fig.suptitle("force components", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out_dir / "force_parity.png", dpi=110)
-        plt.close(fig)
-        paths["force_parity"] = str(out_dir / "force_parity.png")
+        paths["force_parity"] = _parity_figure(
+            [(o.name, data.forces.ravel(), o.forces.ravel()) for o in ok], "eV/Å", "force components",
+            out_dir / "force_parity.png")
     ensembles = [o for o in ok if o.member_energy is not None]
     if ensembles:
         paths["calibration"] = str(_calibration_plot(ensembles, report, out_dir / "calibration.png"))
     return paths
+
+
+def _parity_figure(panels: list, unit: str, title: str, path: Path) -> str:
+    """One parity panel (name, reference, predicted) per model, saved as a PNG."""
+    from .plots import axes_grid, parity_panel  # matplotlib only when plotting
+
+    plt, fig, axes = axes_grid(len(panels))
+    for ax, (name, reference, predicted) in zip(axes, panels):
+        parity_panel(ax, reference, predicted, name, unit)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 
 def _calibration_plot(ensembles: List[ModelOutput], report: Dict[str, Any], path: Path) -> Path:
