@@ -407,6 +407,11 @@ void PairEKD::build_graph()
   edge_j.clear();
   species.clear();
   overlap_found = false;
+  // atoms are re-ordered (sorting, exchange) and ghosts re-created only when the
+  // neighbour lists are rebuilt
+  const int nall = atom->nlocal + atom->nghost;
+  if (neighbor->ago == 0 || owner_built_at != neighbor->ncalls || static_cast<int>(owner.size()) != nall)
+    build_owner_map();
   if (many_ranks)
     build_graph_many_ranks();
   else
@@ -453,12 +458,6 @@ void PairEKD::build_owner_map()
 void PairEKD::build_graph_one_rank()
 {
   const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
-  // atoms are re-ordered (sorting, exchange) and ghosts re-created only when the
-  // neighbour lists are rebuilt
-  if (neighbor->ago == 0 || owner_built_at != neighbor->ncalls ||
-      static_cast<int>(owner.size()) != nall)
-    build_owner_map();
 
   double **x = atom->x;
   const int *type = atom->type;
@@ -512,10 +511,6 @@ void PairEKD::build_graph_many_ranks()
   const int *type = atom->type;
   const double cutsq_model = cutoff * cutoff;
   const double minsq = min_distance * min_distance;
-
-  if (neighbor->ago == 0 || owner_built_at != neighbor->ncalls ||
-      static_cast<int>(owner.size()) != nall)
-    build_owner_map();
 
   atom_node.assign(nall, -1);
   node_atom.clear();
