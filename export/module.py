@@ -25,7 +25,7 @@ class DeployedPotential(nn.Module):
     def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                 species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         vectors = edge_vectors.detach().requires_grad_(True)
-        network = self.model(vectors, receivers, senders, species).sum(dim=1)
+        network = self.model(vectors, receivers, senders, species, n_local).sum(dim=1)
         local = network[:n_local].sum()
         edge_grad = _gradient(local, vectors)
         atom_energy = network.detach().to(torch.float64) + self.reference[species]
@@ -49,7 +49,7 @@ class DeployedEnsemble(DeployedPotential):
         grads: List[torch.Tensor] = []
         for k, member in enumerate(self.model.members):
             vectors = edge_vectors.detach().requires_grad_(True)
-            network = member(vectors, receivers, senders, species).sum(dim=1)
+            network = member(vectors, receivers, senders, species, n_local).sum(dim=1)
             local = network[:n_local].sum()
             grads.append(_gradient(local, vectors))
             energies.append(local.detach().to(torch.float64) + self.member_reference[k][species[:n_local]].sum())

@@ -69,7 +69,7 @@ def hidden_features(model: EquivariantPotential, species: torch.Tensor, x: torch
     basis = model.basis(torch.linalg.vector_norm(vectors, dim=-1))
     features = []
     for block in model.blocks:
-        h = block(h, sh, basis, receivers, senders)
+        h = block(h, sh, basis, receivers, senders, h.shape[0])
         features.append(h)
     return features
 

@@ -32,13 +32,13 @@ class Ensemble(Potential):
         return {"members": [{"kind": m.kind, **m.hyperparameters()} for m in self.members]}
 
     def member_energies(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
-                        species: torch.Tensor) -> torch.Tensor:
+                        species: torch.Tensor, n_energy: int = -1) -> torch.Tensor:
         """(M, N) network energy of every atom under every member."""
         out: List[torch.Tensor] = []
         for member in self.members:
-            out.append(member(edge_vectors, receivers, senders, species).sum(dim=1))
+            out.append(member(edge_vectors, receivers, senders, species, n_energy).sum(dim=1))
         return torch.stack(out, dim=0)
 
     def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
-                species: torch.Tensor) -> torch.Tensor:
-        return self.member_energies(edge_vectors, receivers, senders, species).mean(dim=0).unsqueeze(1)
+                species: torch.Tensor, n_energy: int = -1) -> torch.Tensor:
+        return self.member_energies(edge_vectors, receivers, senders, species, n_energy).mean(dim=0).unsqueeze(1)

@@ -350,10 +350,12 @@ class InteractionBlock(nn.Module):
         self.residual = residual
 
     def forward(self, h: torch.Tensor, sh: torch.Tensor, basis: torch.Tensor, receivers: torch.Tensor,
-                senders: torch.Tensor) -> torch.Tensor:
+                senders: torch.Tensor, n_out: int) -> torch.Tensor:
+        """New features of nodes [0, n_out) (edges into other nodes must have been left out)."""
         x = self.linear_in(h)
         messages = self.tensor_product(x[senders], sh, self.radial(basis))
-        pooled = scatter_sum(messages, receivers, h.shape[0]) * self.inverse_avg_neighbors
+        pooled = scatter_sum(messages, receivers, n_out) * self.inverse_avg_neighbors
+        h = h[:n_out]
         out = self.gate(self.linear_out(pooled) + self.self_interaction(h))
         if len(self.residual) == 0:
             return out
@@ -404,12 +406,22 @@ class EquivariantPotential(Potential):
         return asdict(self.config)
 
     def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
-                species: torch.Tensor) -> torch.Tensor:
+                species: torch.Tensor, n_energy: int = -1) -> torch.Tensor:
+        n_nodes = species.shape[0]
         one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vectors.dtype)
         h = self.embedding(one_hot)
         sh = self.spherical_harmonics(edge_vectors)
         basis = self.basis(torch.linalg.vector_norm(edge_vectors, dim=-1))
-        for block in self.blocks:
-            h = block(h, sh, basis, receivers, senders)
+        last = len(self.blocks) - 1
+        for t, block in enumerate(self.blocks):
+            if t == last and 0 <= n_energy < n_nodes:
+                # Only nodes [0, n_energy) need an energy: the last block runs for them alone.
+                keep = receivers < n_energy
+                h = block(h, sh[keep], basis[keep], receivers[keep], senders[keep], n_energy)
+            else:
+                h = block(h, sh, basis, receivers, senders, n_nodes)
         # The last block outputs exactly the n_features even scalars the readout takes.
-        return self.readout(h) + self.species_energy(one_hot)
+        energy = self.readout(h)
+        if energy.shape[0] < n_nodes:
+            energy = torch.cat([energy, energy.new_zeros(n_nodes - energy.shape[0], 1)])
+        return energy + self.species_energy(one_hot)

@@ -77,11 +77,13 @@ class InteractionLayer(nn.Module):
 
     def forward(self, z: torch.Tensor, padded_sensitivity_t: torch.Tensor, receivers: torch.Tensor,
                 senders: torch.Tensor, slots: torch.Tensor, max_degree: int) -> torch.Tensor:
-        n_nodes = z.shape[0]
-        neighbours = to_padded(z[senders], receivers, slots, n_nodes, max_degree)   # (N, K, F)
-        environment = torch.bmm(padded_sensitivity_t, neighbours)                   # (N, ν, F)
-        message = self.interaction(environment.reshape(n_nodes, self.n_sensitivities * self.n_in))
-        return self.activation(message + self.self_interaction(z))
+        """New features of the receiver nodes [0, R), R = padded_sensitivity_t.shape[0] (edges
+        into other nodes must have been left out)."""
+        n_out = padded_sensitivity_t.shape[0]
+        neighbours = to_padded(z[senders], receivers, slots, n_out, max_degree)     # (R, K, F)
+        environment = torch.bmm(padded_sensitivity_t, neighbours)                   # (R, ν, F)
+        message = self.interaction(environment.reshape(n_out, self.n_sensitivities * self.n_in))
+        return self.activation(message + self.self_interaction(z[:n_out]))
 
 
 class AtomLayer(nn.Module):
@@ -134,7 +136,7 @@ class HIPNN(Potential):
         return asdict(self.config)
 
     def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
-                species: torch.Tensor) -> torch.Tensor:
+                species: torch.Tensor, n_energy: int = -1) -> torch.Tensor:
         n_nodes = species.shape[0]
         z = nn.functional.one_hot(species, self.n_species).to(edge_vectors.dtype)
         terms = [self.species_energy(z).squeeze(-1)]
@@ -142,7 +144,15 @@ class HIPNN(Potential):
         distances = torch.linalg.vector_norm(edge_vectors, dim=-1)
         sensitivity = self.sensitivity(distances)                                        # (E, ν)
         padded_t = to_padded(sensitivity, receivers, slots, n_nodes, max_degree).transpose(1, 2)
-        for block in self.blocks:
-            z, energy = block(z, padded_t, receivers, senders, slots, max_degree)
+        last = len(self.blocks) - 1
+        for t, block in enumerate(self.blocks):
+            if t == last and 0 <= n_energy < n_nodes:
+                # Only the first n_energy nodes' energies are wanted and nothing reads the last
+                # layer's features of the others: compute it for those receivers alone.
+                keep = receivers < n_energy
+                z, energy = block(z, padded_t[:n_energy], receivers[keep], senders[keep], slots[keep], max_degree)
+                energy = torch.cat([energy, energy.new_zeros(n_nodes - n_energy)])
+            else:
+                z, energy = block(z, padded_t, receivers, senders, slots, max_degree)
             terms.append(energy)
         return torch.stack(terms, dim=1)
