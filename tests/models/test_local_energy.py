@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ekd.models import build_model
+from ekd.models.graph import rows_per_layer
 
 HYPER = {
     "hipnn": {"n_features": 8, "n_sensitivities": 6, "n_interactions": 3, "cutoff": 4.0, "soft_max": 3.5},
@@ -25,7 +26,10 @@ def local_energy_and_gradient(model: torch.nn.Module, vectors: torch.Tensor, rec
 @pytest.mark.parametrize("kind", sorted(HYPER))
 def test_last_layer_for_the_wanted_nodes_only(kind: str) -> None:
     generator = torch.Generator().manual_seed(0)
-    positions = torch.rand(40, 3, generator=generator, dtype=torch.float64) * 8.0
+    positions = torch.rand(40, 3, generator=generator, dtype=torch.float64) * torch.tensor([16.0, 6.0, 6.0])
+    # nodes sorted along x, as the pair style sorts them by graph distance: the nodes an energy of
+    # nodes [0, k) depends on are a prefix, so every layer (not only the last) does less
+    positions = positions[torch.argsort(positions[:, 0])]
     distances = (positions[None] - positions[:, None]).norm(dim=-1)  # (cdist is not exactly 0 on its diagonal)
     receivers, senders = torch.nonzero((distances < 4.0) & (distances > 0), as_tuple=True)
     order = torch.randperm(len(receivers), generator=generator)  # any edge order is allowed
@@ -34,6 +38,8 @@ def test_last_layer_for_the_wanted_nodes_only(kind: str) -> None:
     torch.manual_seed(0)
     model = build_model(kind, [1, 6, 8], HYPER[kind]).double()
     vectors = positions[senders] - positions[receivers]
+    assert rows_per_layer(receivers, senders, 40, 3, 7) == sorted(rows_per_layer(receivers, senders, 40, 3, 7))[::-1]
+    assert rows_per_layer(receivers, senders, 40, 3, 7)[0] < 40
     for k in (0, 7, 25, 40):
         full = local_energy_and_gradient(model, vectors, receivers, senders, species, k, -1)
         pruned = local_energy_and_gradient(model, vectors, receivers, senders, species, k, k)

@@ -56,7 +56,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from .graph import scatter_sum
+from .graph import rows_per_layer, scatter_sum
 from .potential import Potential
 
 # e3nn's spherical harmonics stop at l = 12.
@@ -412,12 +412,11 @@ class EquivariantPotential(Potential):
         h = self.embedding(one_hot)
         sh = self.spherical_harmonics(edge_vectors)
         basis = self.basis(torch.linalg.vector_norm(edge_vectors, dim=-1))
-        last = len(self.blocks) - 1
+        rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
         for t, block in enumerate(self.blocks):
-            if t == last and 0 <= n_energy < n_nodes:
-                # Only nodes [0, n_energy) need an energy: the last block runs for them alone.
-                keep = receivers < n_energy
-                h = block(h, sh[keep], basis[keep], receivers[keep], senders[keep], n_energy)
+            if rows[t] < n_nodes:  # only nodes [0, rows[t]) are read later: edges into them alone
+                keep = receivers < rows[t]
+                h = block(h, sh[keep], basis[keep], receivers[keep], senders[keep], rows[t])
             else:
                 h = block(h, sh, basis, receivers, senders, n_nodes)
         # The last block outputs exactly the n_features even scalars the readout takes.

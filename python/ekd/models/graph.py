@@ -8,7 +8,7 @@ an order of magnitude faster on CPU than scatter-adds over edges.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 
@@ -38,3 +38,22 @@ def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.T
     """Sum rows of `values` into `size` bins given by `index`."""
     out = torch.zeros((size,) + values.shape[1:], dtype=values.dtype, device=values.device)
     return out.index_add(0, index, values)
+
+
+def rows_per_layer(receivers: torch.Tensor, senders: torch.Tensor, n_nodes: int, n_layers: int,
+                   n_energy: int) -> List[int]:
+    """How many nodes, a prefix [0, R_t), each message-passing layer t must compute when only the
+    energies of nodes [0, n_energy) are wanted (-1: all): the last layer needs those nodes, each
+    earlier layer the nodes that send to the next layer's. On several MPI ranks the pair style
+    orders nodes by graph distance from its own atoms, so this drops the ghost shells' work;
+    with every energy wanted (training, one rank) every R_t is n_nodes."""
+    rows = [n_nodes for _ in range(n_layers)]
+    if n_energy < 0 or n_energy >= n_nodes:
+        return rows
+    needed = n_energy
+    for t in range(n_layers - 1, -1, -1):
+        rows[t] = needed
+        keep = receivers < needed
+        if bool(keep.any()):
+            needed = max(needed, int(senders[keep].max()) + 1)
+    return rows

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import nn
 
-from .graph import neighbor_slots, to_padded
+from .graph import neighbor_slots, rows_per_layer, to_padded
 from .potential import Potential
 from .radial import InverseGaussianSensitivity
 
@@ -144,14 +144,12 @@ class HIPNN(Potential):
         distances = torch.linalg.vector_norm(edge_vectors, dim=-1)
         sensitivity = self.sensitivity(distances)                                        # (E, ν)
         padded_t = to_padded(sensitivity, receivers, slots, n_nodes, max_degree).transpose(1, 2)
-        last = len(self.blocks) - 1
+        rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
         for t, block in enumerate(self.blocks):
-            if t == last and 0 <= n_energy < n_nodes:
-                # Only the first n_energy nodes' energies are wanted and nothing reads the last
-                # layer's features of the others: compute it for those receivers alone.
-                keep = receivers < n_energy
-                z, energy = block(z, padded_t[:n_energy], receivers[keep], senders[keep], slots[keep], max_degree)
-                energy = torch.cat([energy, energy.new_zeros(n_nodes - n_energy)])
+            if rows[t] < n_nodes:  # only nodes [0, rows[t]) are read later: edges into them alone
+                keep = receivers < rows[t]
+                z, energy = block(z, padded_t[:rows[t]], receivers[keep], senders[keep], slots[keep], max_degree)
+                energy = torch.cat([energy, energy.new_zeros(n_nodes - rows[t])])
             else:
                 z, energy = block(z, padded_t, receivers, senders, slots, max_degree)
             terms.append(energy)
