@@ -39,6 +39,7 @@ class PairEKD : public Pair {
  protected:
   void allocate();
   void select_device();
+  void keep_tensor_memory();
   void load_model();
   void read_metadata(const std::string &json_text);
   void build_owner_map();

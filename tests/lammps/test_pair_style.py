@@ -213,6 +213,7 @@ run 2000
     ("newton_off", "requires 'newton on'"),
     ("units_lj", "not 'units lj'"),
     ("bad_keyword", "unknown keyword 'colour'"),
+    ("bad_heap", "keyword 'heap' needs a value: keep or system"),
     ("newer_format", "newer.pt has format_version 99 but this plugin reads format_version 1 only"),
 ])
 def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms, case: str, message: str) -> None:
@@ -240,6 +241,8 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms,
         units = "lj"
     elif case == "bad_keyword":
         style_extra = " colour blue"
+    elif case == "bad_heap":
+        style_extra = " heap lots"
     elif case == "newer_format":
         import json
 
