@@ -75,12 +75,15 @@ class InteractionLayer(nn.Module):
         with torch.no_grad():
             self.interaction.weight.mul_(0.5)
 
-    def forward(self, z: torch.Tensor, padded_sensitivity_t: torch.Tensor, receivers: torch.Tensor,
-                senders: torch.Tensor, slots: torch.Tensor, max_degree: int) -> torch.Tensor:
-        """New features of the receiver nodes [0, R), R = padded_sensitivity_t.shape[0] (edges
-        into other nodes must have been left out)."""
+    def forward(self, z: torch.Tensor, padded_sensitivity_t: torch.Tensor,
+                padded_senders: torch.Tensor) -> torch.Tensor:
+        """New features of nodes [0, R): padded_sensitivity_t (R, ν, K), padded_senders (R, K),
+        the sender of each neighbour slot, -1 (a row of zeros) in empty slots."""
         n_out = padded_sensitivity_t.shape[0]
-        neighbours = to_padded(z[senders], receivers, slots, n_out, max_degree)     # (R, K, F)
+        # one gather into the padded layout (its backward one scatter-add), instead of a
+        # gather per edge, a zero-filled (R, K, F) tensor and an index_put into it
+        with_zero_row = torch.cat([z, z.new_zeros(1, z.shape[1])])
+        neighbours = with_zero_row[padded_senders]                                  # (R, K, F)
         environment = torch.bmm(padded_sensitivity_t, neighbours)                   # (R, ν, F)
         message = self.interaction(environment.reshape(n_out, self.n_sensitivities * self.n_in))
         return self.activation(message + self.self_interaction(z[:n_out]))
@@ -112,9 +115,9 @@ class HIPNNBlock(nn.Module):
             self.energy_head.weight.mul_(0.1)
             self.energy_head.bias.zero_()
 
-    def forward(self, z: torch.Tensor, padded_sensitivity_t: torch.Tensor, receivers: torch.Tensor,
-                senders: torch.Tensor, slots: torch.Tensor, max_degree: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        z = self.atom_layers(self.interaction(z, padded_sensitivity_t, receivers, senders, slots, max_degree))
+    def forward(self, z: torch.Tensor, padded_sensitivity_t: torch.Tensor,
+                padded_senders: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        z = self.atom_layers(self.interaction(z, padded_sensitivity_t, padded_senders))
         return z, self.energy_head(z).squeeze(-1)
 
 
@@ -144,13 +147,11 @@ class HIPNN(Potential):
         distances = torch.linalg.vector_norm(edge_vectors, dim=-1)
         sensitivity = self.sensitivity(distances)                                        # (E, ν)
         padded_t = to_padded(sensitivity, receivers, slots, n_nodes, max_degree).transpose(1, 2)
+        padded_senders = torch.full((n_nodes, max_degree), -1, dtype=senders.dtype, device=senders.device)
+        padded_senders = padded_senders.index_put((receivers, slots), senders)
         rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
         for t, block in enumerate(self.blocks):
-            if rows[t] < n_nodes:  # only nodes [0, rows[t]) are read later: edges into them alone
-                keep = receivers < rows[t]
-                z, energy = block(z, padded_t[:rows[t]], receivers[keep], senders[keep], slots[keep], max_degree)
-                energy = torch.cat([energy, energy.new_zeros(n_nodes - rows[t])])
-            else:
-                z, energy = block(z, padded_t, receivers, senders, slots, max_degree)
-            terms.append(energy)
+            # only nodes [0, rows[t]) are read later (all of them but on several MPI ranks)
+            z, energy = block(z, padded_t[:rows[t]], padded_senders[:rows[t]])
+            terms.append(torch.cat([energy, energy.new_zeros(n_nodes - rows[t])]))
         return torch.stack(terms, dim=1)
