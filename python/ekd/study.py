@@ -147,7 +147,8 @@ def run_all(tasks: List[Task], out: Path, jobs: int, say) -> None:
     def next_task() -> Optional[Task]:
         with wake:
             while True:
-                pending = [t for t in tasks if t.state == "pending"]
+                # main runs first: each unlocks its variants, so the workers stay busy to the end
+                pending = sorted((t for t in tasks if t.state == "pending"), key=lambda t: t.after is not None)
                 if not pending:
                     return None
                 for task in pending:
