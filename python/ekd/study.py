@@ -270,15 +270,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="another student per seed, trained on that seed's teachers with these config "
                              "overrides (repeatable)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                        help="runs at once (default: min(2, cores)); each gets cores / jobs torch threads")
+                        help="runs at once (default: min(2, cores))")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per run (default 0: cores / jobs); 1 when other work shares the cores")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.seeds < 1 or args.jobs < 1 or args.seed_step < 1:
-            raise ConfigError("--seeds, --jobs and --seed-step must be positive")
+        if args.seeds < 1 or args.jobs < 1 or args.seed_step < 1 or args.threads < 0:
+            raise ConfigError("--seeds, --jobs and --seed-step must be positive, --threads not negative")
         config = load_config(args.config)
         if args.overrides:
             config = with_overrides(config, parse_variant("--set:" + ";".join(args.overrides)).overrides, "--set")
@@ -286,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len({v.name for v in variants}) != len(variants):
             raise ConfigError("two --variant options have the same name")
         seeds = [config.run.seed + i * args.seed_step for i in range(args.seeds)]
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = args.threads if args.threads > 0 else max(1, (os.cpu_count() or 1) // args.jobs)
         tasks = plan(config, seeds, variants, threads)
     except EkdError as err:
         print(f"error: {err}", file=sys.stderr)
