@@ -153,5 +153,7 @@ class HIPNN(Potential):
         for t, block in enumerate(self.blocks):
             # only nodes [0, rows[t]) are read later (all of them but on several MPI ranks)
             z, energy = block(z, padded_t[:rows[t]], padded_senders[:rows[t]])
-            terms.append(torch.cat([energy, energy.new_zeros(n_nodes - rows[t])]))
+            if rows[t] < n_nodes:  # no copy in training and on one rank, where every row is computed
+                energy = torch.cat([energy, energy.new_zeros(n_nodes - rows[t])])
+            terms.append(energy)
         return torch.stack(terms, dim=1)

@@ -37,8 +37,8 @@ class Potential(nn.Module):
     def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                 species: torch.Tensor, n_energy: int = -1) -> torch.Tensor:  # pragma: no cover
         """(N, terms) per-atom energy terms. Only nodes [0, n_energy) need theirs (-1: every node):
-        a model may then skip work for the other nodes (`graph.rows_per_layer`; their later terms are 0)
-        (the pair style's ghost atoms on several MPI ranks: their energies count on other ranks)."""
+        a model may then skip work for the other nodes, whose later terms are 0 (`graph.rows_per_layer`).
+        Those are the pair style's ghost atoms on several MPI ranks: their energies count elsewhere."""
         raise NotImplementedError
 
     def reference_tensor(self, device: torch.device) -> torch.Tensor:
