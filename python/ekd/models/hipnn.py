@@ -8,7 +8,9 @@ J. Chem. Phys. 148, 241715 (2018)), written for ekd.
     E_i       = Σ_l E^{l}_i                                                    (+ reference ε_species)
 
 The neighbour sum Σ_j s_ν(r_ij) z_j is a batched matrix product in the padded neighbour
-layout (see `graph.py`), so memory is O(edges × features), never edges × sensitivities × features.
+layout (see `graph.py`), so memory is O(edges × features), never edges × sensitivities × features;
+in the first layer, where z_j is a one-hot species vector, it is one scatter-add of s_ν(r_ij)
+by (receiver, species of the sender).
 """
 
 from __future__ import annotations
@@ -62,8 +64,34 @@ class HIPNNConfig:
             raise ValueError(f"n_atom_layers must be >= 0, got {self.n_atom_layers}")
 
 
+def padded_environment(z: torch.Tensor, padded_sensitivity_t: torch.Tensor,
+                       padded_senders: torch.Tensor) -> torch.Tensor:
+    """Σ_j s_ν(r_ij) z_j of nodes [0, R) as (R, ν, F): padded_sensitivity_t (R, ν, K) and
+    padded_senders (R, K), 1 + the sender of each neighbour slot, 0 (a row of zeros) in empty slots."""
+    n_rows, n_slots = padded_senders.shape
+    # one gather into the padded layout (its backward one scatter-add); index_select is
+    # several times faster on CPU than advanced indexing with the same (R, K) index
+    with_zero_row = torch.cat([z.new_zeros(1, z.shape[1]), z])
+    neighbours = with_zero_row.index_select(0, padded_senders.reshape(-1)).view(n_rows, n_slots, z.shape[1])
+    return torch.bmm(padded_sensitivity_t, neighbours)
+
+
+def species_environment(sensitivity: torch.Tensor, receivers: torch.Tensor, sender_species: torch.Tensor,
+                        n_rows: int, n_nodes: int, n_species: int) -> torch.Tensor:
+    """Σ_j s_ν(r_ij) one-hot(species_j) of nodes [0, R) as (R, ν, S): the first layer's
+    environment, one scatter-add of the (E, ν) sensitivities by (receiver, sender species).
+    Same sum as `padded_environment` of the one-hot features, without a batched product whose
+    inner dimension is the few species (slow on CPU)."""
+    if n_rows < n_nodes:  # pruned (several MPI ranks): drop the edges into the other nodes
+        keep = receivers < n_rows
+        sensitivity, receivers, sender_species = sensitivity[keep], receivers[keep], sender_species[keep]
+    flat = sensitivity.new_zeros(n_rows * n_species, sensitivity.shape[1])
+    flat = flat.index_add(0, receivers * n_species + sender_species, sensitivity)
+    return flat.view(n_rows, n_species, sensitivity.shape[1]).transpose(1, 2)
+
+
 class InteractionLayer(nn.Module):
-    """z_i ← f( Σ_ν W_ν (Σ_j s_ν(r_ij) z_j) + U z_i + b ), neighbour sum in the padded layout."""
+    """z_i ← f( Σ_ν W_ν e_iν + U z_i + b ) with the environment e_iν = Σ_j s_ν(r_ij) z_j."""
 
     def __init__(self, n_in: int, n_out: int, n_sensitivities: int, activation: nn.Module) -> None:
         super().__init__()
@@ -75,16 +103,9 @@ class InteractionLayer(nn.Module):
         with torch.no_grad():
             self.interaction.weight.mul_(0.5)
 
-    def forward(self, z: torch.Tensor, padded_sensitivity_t: torch.Tensor,
-                padded_senders: torch.Tensor) -> torch.Tensor:
-        """New features of nodes [0, R): padded_sensitivity_t (R, ν, K), padded_senders (R, K),
-        the sender of each neighbour slot, -1 (a row of zeros) in empty slots."""
-        n_out = padded_sensitivity_t.shape[0]
-        # one gather into the padded layout (its backward one scatter-add), instead of a
-        # gather per edge, a zero-filled (R, K, F) tensor and an index_put into it
-        with_zero_row = torch.cat([z, z.new_zeros(1, z.shape[1])])
-        neighbours = with_zero_row[padded_senders]                                  # (R, K, F)
-        environment = torch.bmm(padded_sensitivity_t, neighbours)                   # (R, ν, F)
+    def forward(self, z: torch.Tensor, environment: torch.Tensor) -> torch.Tensor:
+        """New features of nodes [0, R) from their environment (R, ν, F_in)."""
+        n_out = environment.shape[0]
         message = self.interaction(environment.reshape(n_out, self.n_sensitivities * self.n_in))
         return self.activation(message + self.self_interaction(z[:n_out]))
 
@@ -115,9 +136,8 @@ class HIPNNBlock(nn.Module):
             self.energy_head.weight.mul_(0.1)
             self.energy_head.bias.zero_()
 
-    def forward(self, z: torch.Tensor, padded_sensitivity_t: torch.Tensor,
-                padded_senders: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        z = self.atom_layers(self.interaction(z, padded_sensitivity_t, padded_senders))
+    def forward(self, z: torch.Tensor, environment: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        z = self.atom_layers(self.interaction(z, environment))
         return z, self.energy_head(z).squeeze(-1)
 
 
@@ -147,12 +167,17 @@ class HIPNN(Potential):
         distances = torch.linalg.vector_norm(edge_vectors, dim=-1)
         sensitivity = self.sensitivity(distances)                                        # (E, ν)
         padded_t = to_padded(sensitivity, receivers, slots, n_nodes, max_degree).transpose(1, 2)
-        padded_senders = torch.full((n_nodes, max_degree), -1, dtype=senders.dtype, device=senders.device)
-        padded_senders = padded_senders.index_put((receivers, slots), senders)
+        padded_senders = torch.zeros((n_nodes, max_degree), dtype=senders.dtype, device=senders.device)
+        padded_senders = padded_senders.index_put((receivers, slots), senders + 1)
         rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
         for t, block in enumerate(self.blocks):
             # only nodes [0, rows[t]) are read later (all of them but on several MPI ranks)
-            z, energy = block(z, padded_t[:rows[t]], padded_senders[:rows[t]])
+            if t == 0:
+                environment = species_environment(sensitivity, receivers, species[senders], rows[t], n_nodes,
+                                                  self.n_species)
+            else:
+                environment = padded_environment(z, padded_t[:rows[t]], padded_senders[:rows[t]])
+            z, energy = block(z, environment)
             if rows[t] < n_nodes:  # no copy in training and on one rank, where every row is computed
                 energy = torch.cat([energy, energy.new_zeros(n_nodes - rows[t])])
             terms.append(energy)
