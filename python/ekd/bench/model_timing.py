@@ -4,14 +4,24 @@ The graph is the one `pair_style ekd` builds on one MPI rank (every atom a local
 periodic images through edge vectors), and the C library's heap is set up as the pair style
 sets it (`heap keep`), so LAMMPS's pair time minus this time is the pair style's own overhead
 (neighbour-list conversion, copies, write-back).
+
+The benchmark times each model in a child process (`python -m ekd.bench.model_timing MODEL BOX
+--threads N`) just before that model's LAMMPS run, so machine drift between the two timings is
+small and the benchmark process itself never holds a large model's memory.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
+import ase.io
 import numpy as np
 import torch
 from ase import Atoms
@@ -54,3 +64,33 @@ def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup
     finally:
         torch.set_num_threads(previous)
     return float(np.median(times))
+
+
+def time_model_in_child(model: Path, atoms: Atoms, threads: int, folder: Path) -> Optional[float]:
+    """`time_model` in a child process; None (and the reason printed) if it fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    box = folder / "box.extxyz"
+    ase.io.write(box, atoms)
+    command = [sys.executable, "-m", "ekd.bench.model_timing", str(model), str(box), "--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        print(f"model alone: {model} failed: {lines[-1] if lines else f'exit code {done.returncode}'}", flush=True)
+        return None
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ekd.bench.model_timing",
+                                     description="Median seconds of one call of an exported model on a box.")
+    parser.add_argument("model", type=Path, help="exported model (.pt)")
+    parser.add_argument("box", type=Path, help="periodic box (any file ase.io reads)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    args = parser.parse_args(argv)
+    seconds = time_model(args.model, ase.io.read(args.box), threads=args.threads)
+    print(json.dumps({"seconds": seconds}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
