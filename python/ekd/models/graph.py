@@ -27,13 +27,23 @@ def neighbor_slots(receivers: torch.Tensor, n_nodes: int) -> Tuple[torch.Tensor,
     return rank - first[receivers], int(counts.max())
 
 
-def to_padded(values: torch.Tensor, receivers: torch.Tensor, slots: torch.Tensor,
-              n_nodes: int, max_degree: int) -> torch.Tensor:
-    """(E, C) edge values → (N, max_degree, C), zeros in empty slots."""
-    # index_copy into flat rows (backward: one index_select), faster on CPU than index_put
-    flat = values.new_zeros((n_nodes * max_degree, values.shape[1]))
-    flat = flat.index_copy(0, receivers * max_degree + slots, values)
-    return flat.view(n_nodes, max_degree, values.shape[1])
+def cell_index(receivers: torch.Tensor, columns: torch.Tensor, n_columns: int, n_rows: int,
+               n_nodes: int) -> torch.Tensor:
+    """Flat index receiver·n_columns + column of each edge into an (n_rows, n_columns) table;
+    edges into nodes ≥ n_rows (pruned rows, several MPI ranks) go to one extra cell, dropped."""
+    index = receivers * n_columns + columns
+    if n_rows < n_nodes:
+        index = torch.where(receivers < n_rows, index, n_rows * n_columns)
+    return index
+
+
+def cell_sum(values: torch.Tensor, index: torch.Tensor, n_rows: int, n_columns: int) -> torch.Tensor:
+    """(E, C) edge values summed into the cells of `cell_index` → (n_rows, n_columns, C), zeros in
+    empty cells. One index_add (backward: one index_select), fast on CPU. With slots as columns,
+    every cell holds at most one edge: the padded neighbour layout."""
+    size = n_rows * n_columns
+    flat = values.new_zeros((size + 1, values.shape[1])).index_add(0, index, values)
+    return flat[:size].view(n_rows, n_columns, values.shape[1])
 
 
 def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:

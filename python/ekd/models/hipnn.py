@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import nn
 
-from .graph import neighbor_slots, rows_per_layer, to_padded
+from .graph import cell_index, cell_sum, neighbor_slots, rows_per_layer
 from .potential import Potential
 from .radial import InverseGaussianSensitivity
 
@@ -74,20 +74,6 @@ def padded_environment(z: torch.Tensor, padded_sensitivity_t: torch.Tensor,
     with_zero_row = torch.cat([z.new_zeros(1, z.shape[1]), z])
     neighbours = with_zero_row.index_select(0, padded_senders.reshape(-1)).view(n_rows, n_slots, z.shape[1])
     return torch.bmm(padded_sensitivity_t, neighbours)
-
-
-def species_environment(sensitivity: torch.Tensor, receivers: torch.Tensor, sender_species: torch.Tensor,
-                        n_rows: int, n_nodes: int, n_species: int) -> torch.Tensor:
-    """Σ_j s_ν(r_ij) one-hot(species_j) of nodes [0, R) as (R, ν, S): the first layer's
-    environment, one scatter-add of the (E, ν) sensitivities by (receiver, sender species).
-    Same sum as `padded_environment` of the one-hot features, without a batched product whose
-    inner dimension is the few species (slow on CPU)."""
-    if n_rows < n_nodes:  # pruned (several MPI ranks): drop the edges into the other nodes
-        keep = receivers < n_rows
-        sensitivity, receivers, sender_species = sensitivity[keep], receivers[keep], sender_species[keep]
-    flat = sensitivity.new_zeros(n_rows * n_species, sensitivity.shape[1])
-    flat = flat.index_add(0, receivers * n_species + sender_species, sensitivity)
-    return flat.view(n_rows, n_species, sensitivity.shape[1]).transpose(1, 2)
 
 
 class InteractionLayer(nn.Module):
@@ -163,19 +149,23 @@ class HIPNN(Potential):
         n_nodes = species.shape[0]
         z = nn.functional.one_hot(species, self.n_species).to(edge_vectors.dtype)
         terms = [self.species_energy(z).squeeze(-1)]
-        slots, max_degree = neighbor_slots(receivers, n_nodes)
-        distances = torch.linalg.vector_norm(edge_vectors, dim=-1)
-        sensitivity = self.sensitivity(distances)                                        # (E, ν)
-        padded_t = to_padded(sensitivity, receivers, slots, n_nodes, max_degree).transpose(1, 2)
-        padded_senders = torch.zeros((n_nodes, max_degree), dtype=senders.dtype, device=senders.device)
-        padded_senders = padded_senders.index_put((receivers, slots), senders + 1)
+        # only nodes [0, rows[t]) are read later (all of them but on several MPI ranks)
         rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
+        sensitivity = self.sensitivity(torch.linalg.vector_norm(edge_vectors, dim=-1))  # (E, ν)
+        # first layer: z_j is one-hot, so Σ_j s_ν(r_ij) z_j is one scatter-add of the sensitivities
+        # by (receiver, sender species), not a batched product with a few species columns
+        by_species = cell_index(receivers, species[senders], self.n_species, rows[0], n_nodes)
+        environment = cell_sum(sensitivity, by_species, rows[0], self.n_species).transpose(1, 2)
+        padded_t, padded_senders = sensitivity, senders  # (placeholders for one-layer models)
+        if len(self.blocks) > 1:
+            # later layers: the padded neighbour layout of the nodes they compute
+            slots, max_degree = neighbor_slots(receivers, n_nodes)
+            by_slot = cell_index(receivers, slots, max_degree, rows[1], n_nodes)
+            padded_t = cell_sum(sensitivity, by_slot, rows[1], max_degree).transpose(1, 2)        # (R, ν, K)
+            padded_senders = cell_sum((senders + 1).unsqueeze(-1), by_slot, rows[1], max_degree)  # 0: empty
+            padded_senders = padded_senders.squeeze(-1)
         for t, block in enumerate(self.blocks):
-            # only nodes [0, rows[t]) are read later (all of them but on several MPI ranks)
-            if t == 0:
-                environment = species_environment(sensitivity, receivers, species[senders], rows[t], n_nodes,
-                                                  self.n_species)
-            else:
+            if t > 0:
                 environment = padded_environment(z, padded_t[:rows[t]], padded_senders[:rows[t]])
             z, energy = block(z, environment)
             if rows[t] < n_nodes:  # no copy in training and on one rank, where every row is computed
