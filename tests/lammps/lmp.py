@@ -46,7 +46,7 @@ def write_data(path: Path, atoms: Atoms, type_of: dict[str, int]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def deck(model: Path, elements: Sequence[str], units: str = "metal", extra: str = "", run: str = "run 0",
+def deck(model: Path | str, elements: Sequence[str], units: str = "metal", extra: str = "", run: str = "run 0",
          processors: str = "") -> str:
     return f"""
 units {units}

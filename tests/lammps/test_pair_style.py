@@ -86,7 +86,7 @@ def python_reference(model: Path, atoms: Atoms) -> dict[str, np.ndarray]:
             "virial": virial[[0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2]]}
 
 
-def lammps_on(folder: Path, model: Path, atoms: Atoms, type_of: dict[str, int], units: str = "metal",
+def lammps_on(folder: Path, model: Path | str, atoms: Atoms, type_of: dict[str, int], units: str = "metal",
               ranks: int = 1, processors: str = ""):
     folder.mkdir(parents=True, exist_ok=True)
     write_data(folder / "data.lmp", atoms, type_of)
@@ -171,6 +171,19 @@ def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms,
     assert relative(many.forces, single.forces) <= 1e-10
     assert relative(many.atom_energy, single.atom_energy) <= 1e-10
     assert relative(many.virial, single.virial) <= 1e-10
+
+
+def test_heap_system_gives_the_same_numbers(tmp_path: Path, models: dict, box: Atoms) -> None:
+    """`heap system` (the C library's own heap settings) changes where tensors live, not what
+    the model computes: the same energy, forces and virial as the default `heap keep`."""
+    path = models["student_float64"]
+    type_of = {s: k + 1 for k, s in enumerate(read_metadata(path)["elements"])}
+    keep = lammps_on(tmp_path / "keep", path, box, type_of)
+    system = lammps_on(tmp_path / "system", f"{path} heap system", box, type_of)
+    assert np.abs(keep.forces).max() > 1e-3
+    assert abs(system.energy - keep.energy) <= 1e-12 * abs(keep.energy)
+    assert relative(system.forces, keep.forces) <= 1e-12
+    assert relative(system.virial, keep.virial) <= 1e-12
 
 
 def test_nve_conserves_energy(tmp_path: Path, models: dict, box: Atoms) -> None:

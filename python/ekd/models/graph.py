@@ -39,10 +39,11 @@ def cell_index(receivers: torch.Tensor, columns: torch.Tensor, n_columns: int, n
 
 def cell_sum(values: torch.Tensor, index: torch.Tensor, n_rows: int, n_columns: int) -> torch.Tensor:
     """(E, C) edge values summed into the cells of `cell_index` → (n_rows, n_columns, C), zeros in
-    empty cells. One index_add (backward: one index_select), fast on CPU. With slots as columns,
+    empty cells. One index_add (backward: one index_select), fast on CPU; in place into fresh
+    zeros, as the out-of-place form would copy the whole table once more. With slots as columns,
     every cell holds at most one edge: the padded neighbour layout."""
     size = n_rows * n_columns
-    flat = values.new_zeros((size + 1, values.shape[1])).index_add(0, index, values)
+    flat = values.new_zeros((size + 1, values.shape[1])).index_add_(0, index, values)
     return flat[:size].view(n_rows, n_columns, values.shape[1])
 
 
