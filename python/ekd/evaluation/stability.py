@@ -257,6 +257,7 @@ def run_trajectory(calculator: Any, molecule: Molecule, molecule_index: int, see
                    criterion: FailureCriterion, model: str = "") -> TrajectoryResult:
     """One Langevin trajectory, checked after every step; stops at the first failure."""
     from ase import Atoms, units
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import (
         MaxwellBoltzmannDistribution,
@@ -273,8 +274,11 @@ def run_trajectory(calculator: Any, molecule: Molecule, molecule_index: int, see
     Stationary(atoms)
     if len(atoms) > 2:
         ZeroRotation(atoms)
+    # the centre of mass stays put through a constraint: Langevin(fixcm=True) is deprecated since
+    # ASE 3.28 because it does not sample NVT exactly
+    atoms.set_constraint(FixCom())
     dynamics = Langevin(atoms, timestep=settings.timestep * units.fs, temperature_K=settings.temperature,
-                        friction=settings.friction / units.fs, rng=rng, fixcm=True)
+                        friction=settings.friction / units.fs, rng=rng, fixcm=False)
     bonds = covalent_bonds(molecule.species, molecule.positions, criterion.bond_factor)
 
     def result(step: int, reason: str) -> TrajectoryResult:
