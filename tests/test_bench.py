@@ -34,3 +34,16 @@ def test_bad_inputs(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main([str(tiny_run), "--models", "student", "--sizes", "10", "--density", "20", "--out",
                  str(tmp_path)]) == 2
     assert "smaller than the cutoff" in capsys.readouterr().err
+
+
+def test_model_alone_failing_is_reported_not_fatal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from ase.build import molecule
+
+    from ekd.bench.model_timing import time_model_in_child
+
+    (tmp_path / "junk.pt").write_text("not a TorchScript file")
+    box = molecule("H2O", vacuum=5.0)
+    box.pbc = True
+    assert time_model_in_child(tmp_path / "junk.pt", box, threads=1, folder=tmp_path / "run") is None
+    printed = capsys.readouterr().out
+    assert "model alone: " in printed and "junk.pt failed: " in printed, printed
