@@ -8,7 +8,7 @@ an order of magnitude faster on CPU than scatter-adds over edges.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -37,14 +37,48 @@ def cell_index(receivers: torch.Tensor, columns: torch.Tensor, n_columns: int, n
     return index
 
 
-def cell_sum(values: torch.Tensor, index: torch.Tensor, n_rows: int, n_columns: int) -> torch.Tensor:
-    """(E, C) edge values summed into the cells of `cell_index` → (n_rows, n_columns, C), zeros in
-    empty cells. One index_add (backward: one index_select), fast on CPU; in place into fresh
-    zeros, as the out-of-place form would copy the whole table once more. With slots as columns,
-    every cell holds at most one edge: the padded neighbour layout."""
-    size = n_rows * n_columns
+def cell_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """(E, C) edge values summed into `size` cells (index `size`: the dropped cell) → (size, C),
+    zeros in empty cells. One index_add (backward: one index_select), fast on CPU; in place into
+    fresh zeros, as the out-of-place form would copy the whole table once more."""
     flat = values.new_zeros((size + 1, values.shape[1])).index_add_(0, index, values)
-    return flat[:size].view(n_rows, n_columns, values.shape[1])
+    return flat[:size]
+
+
+def degree_blocks(receivers: torch.Tensor, slots: torch.Tensor, n_rows: int, n_nodes: int,
+                  block_rows: int) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[int], List[int]]:
+    """The padded neighbour layout of nodes [0, n_rows) in blocks: rows sorted by degree, cut into
+    blocks of `block_rows`, each padded to its own largest degree. Far fewer empty slots than one
+    table padded to the largest degree, and each block's batched product works in cache.
+
+    Returns the cell of each edge in the concatenated blocks (edges into other nodes: the dropped
+    cell), each row's position in degree order (None: rows in their own order, when one block
+    holds them all), and the rows and width of every block."""
+    degree = torch.bincount(receivers, minlength=n_nodes)[:n_rows]
+    if n_rows <= block_rows:  # one block: no sorting
+        width = int(degree.max()) if n_rows > 0 else 0
+        return cell_index(receivers, slots, width, n_rows, n_nodes), None, [n_rows], [width]
+    order = torch.argsort(degree, stable=True)
+    position = torch.empty_like(order).index_copy_(0, order, torch.arange(n_rows, device=receivers.device))
+    sorted_degree = degree[order]
+    counts: List[int] = []
+    widths: List[int] = []
+    offsets: List[int] = []
+    total = 0
+    for start in range(0, n_rows, block_rows):
+        count = min(block_rows, n_rows - start)
+        width = int(sorted_degree[start + count - 1])
+        offsets.append(total)
+        counts.append(count)
+        widths.append(width)
+        total += count * width
+    inside = receivers < n_rows
+    rank = position[torch.where(inside, receivers, torch.zeros_like(receivers))]
+    block = torch.div(rank, block_rows, rounding_mode="floor")
+    block_offset = torch.tensor(offsets, dtype=receivers.dtype, device=receivers.device)[block]
+    block_width = torch.tensor(widths, dtype=receivers.dtype, device=receivers.device)[block]
+    cell = block_offset + (rank - block * block_rows) * block_width + slots
+    return torch.where(inside, cell, torch.full_like(cell, total)), position, counts, widths
 
 
 def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:

@@ -16,12 +16,12 @@ by (receiver, species of the sender).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .graph import cell_index, cell_sum, neighbor_slots, rows_per_layer
+from .graph import cell_index, cell_sum, degree_blocks, neighbor_slots, rows_per_layer
 from .potential import Potential
 from .radial import InverseGaussianSensitivity
 
@@ -64,16 +64,39 @@ class HIPNNConfig:
             raise ValueError(f"n_atom_layers must be >= 0, got {self.n_atom_layers}")
 
 
-def padded_environment(z: torch.Tensor, padded_sensitivity_t: torch.Tensor,
-                       padded_senders: torch.Tensor) -> torch.Tensor:
-    """Σ_j s_ν(r_ij) z_j of nodes [0, R) as (R, ν, F): padded_sensitivity_t (R, ν, K) and
-    padded_senders (R, K), 1 + the sender of each neighbour slot, 0 (a row of zeros) in empty slots."""
-    n_rows, n_slots = padded_senders.shape
-    # one gather into the padded layout (its backward one scatter-add); index_select is
-    # several times faster on CPU than advanced indexing with the same (R, K) index
+BLOCK_ROWS = 1024  # rows per block of the padded layout (a block's tensors stay in cache)
+
+
+def padded_blocks(sensitivity: torch.Tensor, senders: torch.Tensor, cell: torch.Tensor, counts: List[int],
+                  widths: List[int]) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """The sensitivities of every block of `graph.degree_blocks` as (rows, ν, width), and one
+    table of 1 + the sender of every slot of every block (0 in empty slots: a row of zeros)."""
+    sizes = [count * width for count, width in zip(counts, widths)]
+    total = 0
+    for size in sizes:
+        total += size
+    # split, not slices: its backward is one concatenation, not a zero-filled table per block
+    # (and no split of a single block, whose backward would copy the whole table)
+    table = cell_sum(sensitivity, cell, total)
+    tables = [table] if len(sizes) == 1 else table.split(sizes)
+    sensitivities = [table.view(count, width, sensitivity.shape[1]).transpose(1, 2)
+                     for table, count, width in zip(tables, counts, widths)]
+    return sensitivities, cell_sum((senders + 1).unsqueeze(-1), cell, total).squeeze(-1)
+
+
+def padded_environment(z: torch.Tensor, sensitivities: List[torch.Tensor], slot_senders: torch.Tensor) -> torch.Tensor:
+    """Σ_j s_ν(r_ij) z_j as (R, ν, F), rows in the blocks' (degree) order."""
+    # one gather of every slot's sender features (its backward one scatter-add; index_select is
+    # several times faster on CPU than advanced indexing), split into the blocks
     with_zero_row = torch.cat([z.new_zeros(1, z.shape[1]), z])
-    neighbours = with_zero_row.index_select(0, padded_senders.reshape(-1)).view(n_rows, n_slots, z.shape[1])
-    return torch.bmm(padded_sensitivity_t, neighbours)
+    neighbours = with_zero_row.index_select(0, slot_senders)
+    sizes = [s.shape[0] * s.shape[2] for s in sensitivities]
+    blocks = [neighbours] if len(sizes) == 1 else neighbours.split(sizes)
+    environments: List[torch.Tensor] = []
+    for sensitivity_t, block in zip(sensitivities, blocks):
+        environments.append(torch.bmm(sensitivity_t, block.view(sensitivity_t.shape[0], sensitivity_t.shape[2],
+                                                                 z.shape[1])))
+    return environments[0] if len(environments) == 1 else torch.cat(environments)
 
 
 class InteractionLayer(nn.Module):
@@ -89,10 +112,13 @@ class InteractionLayer(nn.Module):
         with torch.no_grad():
             self.interaction.weight.mul_(0.5)
 
-    def forward(self, z: torch.Tensor, environment: torch.Tensor) -> torch.Tensor:
-        """New features of nodes [0, R) from their environment (R, ν, F_in)."""
+    def forward(self, z: torch.Tensor, environment: torch.Tensor, position: Optional[torch.Tensor]) -> torch.Tensor:
+        """New features of nodes [0, R) from their environment (R, ν, F_in), whose row of node i
+        is position[i] (None: i)."""
         n_out = environment.shape[0]
         message = self.interaction(environment.reshape(n_out, self.n_sensitivities * self.n_in))
+        if position is not None:
+            message = message.index_select(0, position)
         return self.activation(message + self.self_interaction(z[:n_out]))
 
 
@@ -122,8 +148,9 @@ class HIPNNBlock(nn.Module):
             self.energy_head.weight.mul_(0.1)
             self.energy_head.bias.zero_()
 
-    def forward(self, z: torch.Tensor, environment: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        z = self.atom_layers(self.interaction(z, environment))
+    def forward(self, z: torch.Tensor, environment: torch.Tensor,
+                position: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        z = self.atom_layers(self.interaction(z, environment, position))
         return z, self.energy_head(z).squeeze(-1)
 
 
@@ -140,6 +167,7 @@ class HIPNN(Potential):
         nn.init.zeros_(self.species_energy.weight)
         widths = [len(elements)] + [config.n_features] * config.n_interactions
         self.blocks = nn.ModuleList([HIPNNBlock(n_in, config) for n_in in widths[:-1]])
+        self.block_rows = BLOCK_ROWS
 
     def hyperparameters(self) -> Dict[str, Any]:
         return asdict(self.config)
@@ -155,19 +183,22 @@ class HIPNN(Potential):
         # first layer: z_j is one-hot, so Σ_j s_ν(r_ij) z_j is one scatter-add of the sensitivities
         # by (receiver, sender species), not a batched product with a few species columns
         by_species = cell_index(receivers, species[senders], self.n_species, rows[0], n_nodes)
-        environment = cell_sum(sensitivity, by_species, rows[0], self.n_species).transpose(1, 2)
-        padded_t, padded_senders = sensitivity, senders  # (placeholders for one-layer models)
-        if len(self.blocks) > 1:
-            # later layers: the padded neighbour layout of the nodes they compute
-            slots, max_degree = neighbor_slots(receivers, n_nodes)
-            by_slot = cell_index(receivers, slots, max_degree, rows[1], n_nodes)
-            padded_t = cell_sum(sensitivity, by_slot, rows[1], max_degree).transpose(1, 2)        # (R, ν, K)
-            padded_senders = cell_sum((senders + 1).unsqueeze(-1), by_slot, rows[1], max_degree)  # 0: empty
-            padded_senders = padded_senders.squeeze(-1)
+        environment = cell_sum(sensitivity, by_species, rows[0] * self.n_species)
+        environment = environment.view(rows[0], self.n_species, sensitivity.shape[1]).transpose(1, 2)
+        position: Optional[torch.Tensor] = None
+        # later layers: the padded neighbour layout of the nodes they compute, in blocks by degree
+        slots = neighbor_slots(receivers, n_nodes)[0] if len(self.blocks) > 1 else receivers
+        built_for = -1
+        sensitivities: List[torch.Tensor] = []
+        slot_senders = senders
         for t, block in enumerate(self.blocks):
             if t > 0:
-                environment = padded_environment(z, padded_t[:rows[t]], padded_senders[:rows[t]])
-            z, energy = block(z, environment)
+                if rows[t] != built_for:
+                    cell, position, counts, widths = degree_blocks(receivers, slots, rows[t], n_nodes, self.block_rows)
+                    sensitivities, slot_senders = padded_blocks(sensitivity, senders, cell, counts, widths)
+                    built_for = rows[t]
+                environment = padded_environment(z, sensitivities, slot_senders)
+            z, energy = block(z, environment, position)
             if rows[t] < n_nodes:  # no copy in training and on one rank, where every row is computed
                 energy = torch.cat([energy, energy.new_zeros(n_nodes - rows[t])])
             terms.append(energy)
