@@ -186,7 +186,9 @@ class HIPNN(Potential):
         environment = cell_sum(sensitivity, by_species, rows[0] * self.n_species)
         environment = environment.view(rows[0], self.n_species, sensitivity.shape[1]).transpose(1, 2)
         position: Optional[torch.Tensor] = None
-        # later layers: the padded neighbour layout of the nodes they compute, in blocks by degree
+        # later layers: the padded neighbour layout of the nodes they compute, in blocks by degree,
+        # built at the second layer and again only for a layer that computes fewer nodes
+        # (the initial values below are never read by a one-layer model)
         slots = neighbor_slots(receivers, n_nodes)[0] if len(self.blocks) > 1 else receivers
         built_for = -1
         sensitivities: List[torch.Tensor] = []
