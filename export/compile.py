@@ -20,7 +20,7 @@ from ekd.fileio import file_sha256
 from ekd.models import Ensemble, Potential, model_from_checkpoint, read_checkpoint
 
 from .metadata import METADATA_NAME, make_metadata
-from .module import deploy
+from .module import chain_layers, deploy
 from .samples import sample_graphs
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -77,3 +77,13 @@ def verify(eager: torch.nn.Module, loaded: torch.jit.ScriptModule, model: Potent
                 raise ModelFileError(f"export check failed on sample structure {k}: {name} of the saved "
                                      f"file differs from the eager model by {error:.3g} (relative), more than "
                                      f"{tolerance:g}; nothing was written")
+        if hasattr(eager, "layer"):  # the layers chained must give forward's energies and gradients
+            whole = eager(g.edge_vectors.to(dtype), g.receivers, g.senders, g.species, len(g.species))
+            chained = chain_layers(loaded, model.num_interactions, g.edge_vectors.to(dtype), g.receivers,
+                                   g.senders, g.species)
+            for name, a, b in zip(["layer-by-layer atom_energy", "layer-by-layer edge_grad"], whole[1:], chained):
+                error = float((a - b).abs().max()) / max(float(a.abs().max()), 1e-30) if a.numel() else 0.0
+                if not math.isfinite(error) or error > tolerance:
+                    raise ModelFileError(f"export check failed on sample structure {k}: {name} differs from "
+                                         f"forward by {error:.3g} (relative), more than {tolerance:g}; nothing "
+                                         "was written")

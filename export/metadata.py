@@ -13,6 +13,8 @@ import ekd
 from ekd.errors import ModelFileError
 from ekd.models import Ensemble, Potential
 
+from .module import exchange_features
+
 METADATA_NAME = "ekd.json"
 FORMAT = "ekd-potential"
 FORMAT_VERSION = 1
@@ -38,6 +40,7 @@ def make_metadata(model: Potential, dtype: torch.dtype, checkpoint_sha256: List[
                                for z, v in zip(model.elements, model.reference_energies)},
         "hyperparameters": model.hyperparameters(),
         "members": len(model.members) if isinstance(model, Ensemble) else 1,
+        "exchange_features": exchange_features(model),
         "provenance": {"checkpoint_sha256": list(checkpoint_sha256), "ekd_version": ekd.__version__,
                        "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
     }

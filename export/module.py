@@ -56,6 +56,43 @@ class DeployedEnsemble(DeployedPotential):
         return torch.stack(energies), torch.stack(grads)
 
 
+class DeployedLayers(DeployedPotential):
+    """A model that can also be evaluated one message-passing layer at a time (CONTRACT.md §2b):
+    on several MPI ranks the pair style exchanges the layers' features between ranks instead of
+    recomputing them for a ghost shell of `receptive_field`."""
+
+    @torch.jit.export
+    def edge_features(self, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """What the layers read of the edges (HIP-NN: distance sensitivities), computed once per step."""
+        return self.model.edge_features(edge_vectors)
+
+    @torch.jit.export
+    def layer(self, t: int, z: torch.Tensor, edge_features: torch.Tensor, receivers: torch.Tensor,
+              senders: torch.Tensor, species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(features z^{t+1} of nodes [0, n_local), their layer-t energy terms in float64, reference
+        energies included in layer 0); differentiable in `z` and `edge_features`."""
+        z_next, energy = self.model.layer(t, z, edge_features, receivers, senders, species, n_local)
+        energy = energy.to(torch.float64)
+        if t == 0:
+            energy = energy + self.reference[species[:n_local]]
+        return z_next, energy
+
+
+def chain_layers(module: nn.Module, n_layers: int, edge_vectors: torch.Tensor, receivers: torch.Tensor,
+                 senders: torch.Tensor, species: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A graph whose nodes are all local, evaluated through `layer` as the pair style chains the
+    layers (here nothing needs exchanging): (float64 atom energies, edge_grad). For checks."""
+    vectors = edge_vectors.detach().requires_grad_(True)
+    n = int(species.shape[0])
+    z = vectors.new_zeros(n, 0)
+    energy = torch.zeros(n, dtype=torch.float64)
+    features = module.edge_features(vectors)
+    for t in range(n_layers):
+        z, terms = module.layer(t, z, features, receivers, senders, species, n)
+        energy = energy + terms
+    return energy.detach(), _gradient(energy.sum(), vectors)
+
+
 def _gradient(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     grad: List[Optional[torch.Tensor]] = torch.autograd.grad([output], [inputs], allow_unused=True)
     result = grad[0]
@@ -67,4 +104,13 @@ def _gradient(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 def deploy(model: Potential) -> DeployedPotential:
     """The contract wrapper for `model` (ensembles get the extra `members` method)."""
     model = model.eval()
-    return DeployedEnsemble(model) if isinstance(model, Ensemble) else DeployedPotential(model)
+    if isinstance(model, Ensemble):
+        return DeployedEnsemble(model)
+    return DeployedLayers(model) if exchange_features(model) else DeployedPotential(model)
+
+
+def exchange_features(model: Potential) -> List[int]:
+    """Widths of the features a layer-by-layer evaluation exchanges between ranks ([]: the model
+    has no `layer` method, or one layer, which needs no exchange)."""
+    widths = getattr(model, "exchange_features", None)
+    return list(widths()) if callable(widths) and hasattr(model, "layer") else []

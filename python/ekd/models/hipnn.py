@@ -175,16 +175,12 @@ class HIPNN(Potential):
     def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                 species: torch.Tensor, n_energy: int = -1) -> torch.Tensor:
         n_nodes = species.shape[0]
-        z = nn.functional.one_hot(species, self.n_species).to(edge_vectors.dtype)
+        z = self.initial_features(species, edge_vectors.dtype)
         terms = [self.species_energy(z).squeeze(-1)]
         # only nodes [0, rows[t]) are read later (all of them but on several MPI ranks)
         rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
-        sensitivity = self.sensitivity(torch.linalg.vector_norm(edge_vectors, dim=-1))  # (E, ν)
-        # first layer: z_j is one-hot, so Σ_j s_ν(r_ij) z_j is one scatter-add of the sensitivities
-        # by (receiver, sender species), not a batched product with a few species columns
-        by_species = cell_index(receivers, species[senders], self.n_species, rows[0], n_nodes)
-        environment = cell_sum(sensitivity, by_species, rows[0] * self.n_species)
-        environment = environment.view(rows[0], self.n_species, sensitivity.shape[1]).transpose(1, 2)
+        sensitivity = self.edge_features(edge_vectors)  # (E, ν)
+        environment = self.first_environment(sensitivity, receivers, senders, species, rows[0])
         position: Optional[torch.Tensor] = None
         # later layers: the padded neighbour layout of the nodes they compute, in blocks by degree,
         # built at the second layer and again only for a layer that computes fewer nodes
@@ -205,3 +201,50 @@ class HIPNN(Potential):
                 energy = torch.cat([energy, energy.new_zeros(n_nodes - rows[t])])
             terms.append(energy)
         return torch.stack(terms, dim=1)
+
+    def initial_features(self, species: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """z⁰: one-hot species."""
+        return nn.functional.one_hot(species, self.n_species).to(dtype)
+
+    def first_environment(self, sensitivity: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                          species: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """Σ_j s_ν(r_ij) z⁰_j of nodes [0, n_rows) as (n_rows, ν, species): z⁰_j is one-hot, so this is
+        one scatter-add of the sensitivities by (receiver, sender species), not a batched product
+        with a few species columns."""
+        by_species = cell_index(receivers, species[senders], self.n_species, n_rows, species.shape[0])
+        environment = cell_sum(sensitivity, by_species, n_rows * self.n_species)
+        return environment.view(n_rows, self.n_species, sensitivity.shape[1]).transpose(1, 2)
+
+    def exchange_features(self) -> List[int]:
+        """Widths of z¹ … z^{L-1}: what `layer` evaluation passes between MPI ranks."""
+        return [self.config.n_features for _ in range(len(self.blocks) - 1)]
+
+    def edge_features(self, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """(E, ν) distance sensitivities of the edges: what `layer` reads of them."""
+        return self.sensitivity(torch.linalg.vector_norm(edge_vectors, dim=-1))
+
+    def layer(self, t: int, z: torch.Tensor, sensitivity: torch.Tensor, receivers: torch.Tensor,
+              senders: torch.Tensor, species: torch.Tensor, n_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Hierarchy level t alone, for nodes [0, n_rows) (every edge's receiver is one of them):
+        their features z^{t+1} and energy terms, from the features z^t of every node (ignored for
+        t = 0, where z⁰ is one-hot species and the species term is included) and the edges'
+        `edge_features`. Chaining the levels, with z^t of other ranks' atoms exchanged in between,
+        gives `forward`'s energies; the pair style does so on several MPI ranks instead of
+        recomputing a deep ghost shell."""
+        n_nodes = species.shape[0]
+        position: Optional[torch.Tensor] = None
+        if t == 0:
+            z = self.initial_features(species, sensitivity.dtype)
+            environment = self.first_environment(sensitivity, receivers, senders, species, n_rows)
+        else:
+            slots = neighbor_slots(receivers, n_nodes)[0]
+            cell, position, counts, widths = degree_blocks(receivers, slots, n_rows, n_nodes, self.block_rows)
+            sensitivities, slot_senders = padded_blocks(sensitivity, senders, cell, counts, widths)
+            environment = padded_environment(z, sensitivities, slot_senders)
+        z_next, energy = z[:n_rows], z.new_zeros(n_rows)
+        for k, block in enumerate(self.blocks):  # TorchScript indexes a ModuleList by constants only
+            if k == t:
+                z_next, energy = block(z, environment, position)
+        if t == 0:
+            energy = energy + self.species_energy(z[:n_rows]).squeeze(-1)
+        return z_next, energy
