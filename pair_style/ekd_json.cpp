@@ -1,6 +1,6 @@
 /* ekd_json.cpp — see ekd_json.h. A recursive-descent reader over RFC 8259 JSON (plus the
    NaN/Infinity tokens Python's json module writes) that keeps the strings, numbers and
-   string arrays of the top-level object. */
+   arrays of strings or of numbers of the top-level object. */
 
 #include "ekd_json.h"
 
@@ -82,29 +82,36 @@ class Reader {
     } else if (c == '-' || (c >= '0' && c <= '9') || c == 'N' || c == 'I') {
       out.numbers[key] = read_number();
     } else if (c == '[') {
-      std::vector<std::string> items;
-      if (read_array_of_strings(items)) out.string_lists[key] = std::move(items);
+      std::vector<std::string> strings;
+      std::vector<double> numbers;
+      if (!read_array(strings, numbers)) return;    // mixed or nested: kept as neither
+      const bool of_strings = numbers.empty(), of_numbers = strings.empty();    // [] is both
+      if (of_strings) out.string_lists[key] = std::move(strings);
+      if (of_numbers) out.number_lists[key] = std::move(numbers);
     } else {
       skip_value(1);
     }
   }
 
-  // reads an array; returns true if every element was a string (an empty array counts)
-  bool read_array_of_strings(std::vector<std::string> &items)
+  // reads an array of strings or of numbers; false if it holds anything else or both kinds
+  bool read_array(std::vector<std::string> &strings, std::vector<double> &numbers)
   {
     expect('[', "'['");
-    bool all_strings = true;
     skip_ws();
     if (peek() == ']') {
       ++pos_;
       return true;
     }
+    bool other = false;
     while (true) {
       skip_ws();
-      if (peek() == '"') {
-        items.push_back(read_string());
+      const char c = peek();
+      if (c == '"') {
+        strings.push_back(read_string());
+      } else if (c == '-' || (c >= '0' && c <= '9') || c == 'N' || c == 'I') {
+        numbers.push_back(read_number());
       } else {
-        all_strings = false;
+        other = true;
         skip_value(2);
       }
       skip_ws();
@@ -113,7 +120,7 @@ class Reader {
         continue;
       }
       expect(']', "',' or ']' in an array");
-      return all_strings;
+      return !other && (strings.empty() || numbers.empty());
     }
   }
 

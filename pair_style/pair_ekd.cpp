@@ -19,6 +19,7 @@
 #include "utils.h"
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/cuda.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/version.h>
@@ -69,10 +70,10 @@ std::string shape_of(const torch::Tensor &t)
 /* ---------------------------------------------------------------------- */
 
 PairEKD::PairEKD(LAMMPS *lmp) :
-    Pair(lmp), device_request("cpu"), device(torch::kCPU), unit_factor(1.0),
+    Pair(lmp), device_request("cpu"), device(torch::kCPU), unit_factor(1.0), exchange_allowed(true),
     model_loaded(false), model_dtype(torch::kFloat64), cutoff(0.0), receptive_field(0.0),
     min_distance(0.0), num_interactions(1), members(1), jit_optimize(false),
-    many_ranks(false), ghost_receivers(false), n_nodes(0), owner_built_at(-1),
+    many_ranks(false), exchange(false), ghost_receivers(false), comm_width(0), n_nodes(0), owner_built_at(-1),
     model_energy(0.0), overlap_warned(false), overlap_found(false), overlap_tag_i(0),
     overlap_tag_j(0), overlap_dist(0.0), ghost_message_printed(false)
 {
@@ -119,15 +120,17 @@ void PairEKD::allocate()
 }
 
 /* ----------------------------------------------------------------------
-   settings: pair_style ekd FILE [device cpu|cuda|auto] [heap keep|system]
+   settings: pair_style ekd FILE [device cpu|cuda|auto] [heap keep|system] [exchange yes|no]
 ------------------------------------------------------------------------- */
 
 void PairEKD::settings(int narg, char **arg)
 {
   if (narg < 1)
-    error->all(FLERR, "Illegal pair_style ekd command: expected 'pair_style ekd FILE [device cpu|cuda|auto] [heap keep|system]'");
+    error->all(FLERR, "Illegal pair_style ekd command: expected 'pair_style ekd FILE [device cpu|cuda|auto] "
+               "[heap keep|system] [exchange yes|no]'");
   model_file = arg[0];
   device_request = "cpu";
+  exchange_allowed = true;
   bool keep_heap = true;
   int iarg = 1;
   while (iarg < narg) {
@@ -145,8 +148,13 @@ void PairEKD::settings(int narg, char **arg)
         error->all(FLERR, "pair_style ekd: unknown device '{}' (use cpu, cuda or auto)", value);
       device_request = value;
       iarg += 2;
+    } else if (key == "exchange") {
+      if (iarg + 1 >= narg || (std::string(arg[iarg + 1]) != "yes" && std::string(arg[iarg + 1]) != "no"))
+        error->all(FLERR, "pair_style ekd: keyword 'exchange' needs a value: yes or no");
+      exchange_allowed = std::string(arg[iarg + 1]) == "yes";
+      iarg += 2;
     } else {
-      error->all(FLERR, "pair_style ekd: unknown keyword '{}' (known keywords: device, heap)", key);
+      error->all(FLERR, "pair_style ekd: unknown keyword '{}' (known keywords: device, heap, exchange)", key);
     }
   }
   if (keep_heap) keep_tensor_memory();
@@ -272,6 +280,7 @@ void PairEKD::load_model()
                model_file);
   read_metadata(extra["ekd.json"]);
   module.eval();
+  if (!exchange_widths.empty()) check_layers();
 
   // The exported graph calls torch.autograd.grad inside forward(), so InferenceMode
   // cannot be used; grad mode is switched on for the call (see call_model()).
@@ -297,6 +306,37 @@ void PairEKD::load_model()
                    model_file, model_kind, members, join(elements), cutoff, num_interactions,
                    receptive_field, dtype_name, device.str(), TORCH_VERSION_MAJOR,
                    TORCH_VERSION_MINOR, TORCH_VERSION_PATCH, at::get_num_threads());
+}
+
+// a file listing exchange_features: one isolated atom through edge_features() and every layer(),
+// so a file whose features do not have the listed widths is refused here, on every rank alike,
+// not in the middle of a run
+void PairEKD::check_layers()
+{
+  if (!module.find_method("layer") || !module.find_method("edge_features"))
+    error->all(FLERR, "pair_style ekd: {} lists exchange_features in ekd.json but has no layer() "
+               "and edge_features() methods; re-export it with python -m ekd.export", model_file);
+  const auto float_opts = torch::TensorOptions().dtype(model_dtype).device(device);
+  const auto long_opts = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  torch::Tensor none = torch::zeros({0}, long_opts), one_atom = torch::zeros({1}, long_opts);
+  torch::Tensor z = torch::zeros({1, 0}, float_opts);
+  std::vector<int64_t> widths;
+  try {
+    torch::Tensor s = module.get_method("edge_features")({torch::zeros({0, 3}, float_opts)}).toTensor();
+    for (int t = 0; t + 1 < num_interactions; ++t) {
+      auto out = module.get_method("layer")({static_cast<int64_t>(t), z, s, none, none, one_atom,
+                                             static_cast<int64_t>(1)});
+      z = out.toTupleRef().elements()[0].toTensor();
+      widths.push_back(z.dim() == 2 ? z.size(1) : -1);
+    }
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair_style ekd: the layer() method of {} fails on one isolated atom: {}",
+               model_file, first_line(e.what()));
+  }
+  for (size_t t = 0; t < widths.size(); ++t)
+    if (widths[t] != exchange_widths[t])
+      error->all(FLERR, "pair_style ekd: layer {} of {} gives features {} per atom but ekd.json lists "
+                 "exchange_features[{}] = {}", t, model_file, widths[t], t, exchange_widths[t]);
 }
 
 void PairEKD::read_metadata(const std::string &json_text)
@@ -340,6 +380,19 @@ void PairEKD::read_metadata(const std::string &json_text)
   min_distance = meta.has_number("min_distance") ? meta.numbers["min_distance"] : 0.0;
   members = meta.has_number("members") ? static_cast<int>(meta.numbers["members"]) : 1;
   model_kind = meta.has_string("model_kind") ? meta.strings["model_kind"] : "unknown kind";
+  exchange_widths.clear();
+  if (meta.has_number_list("exchange_features"))
+    for (double width : meta.number_lists["exchange_features"]) {
+      if (!(width >= 1.0) || width != std::floor(width))
+        error->all(FLERR, "pair_style ekd: {} has exchange_features entry {} in ekd.json; expected "
+                   "positive integers", model_file, width);
+      exchange_widths.push_back(static_cast<int>(width));
+    }
+  if (!exchange_widths.empty() && static_cast<int>(exchange_widths.size()) != num_interactions - 1)
+    error->all(FLERR, "pair_style ekd: {} lists {} exchange_features for {} interaction(s); expected {}",
+               model_file, exchange_widths.size(), num_interactions, num_interactions - 1);
+  comm_forward = comm_reverse = 0;
+  for (int width : exchange_widths) comm_forward = comm_reverse = std::max(comm_forward, width);
 
   dtype_name = meta.has_string("dtype") ? meta.strings["dtype"] : "";
   if (dtype_name == "float64")
@@ -372,21 +425,25 @@ void PairEKD::init_style()
   if (atom->tag_enable == 0) error->all(FLERR, "pair_style ekd requires atom IDs (atom_modify id yes)");
 
   many_ranks = comm->nprocs > 1;
-  ghost_receivers = many_ranks && num_interactions > 1;
+  // several ranks: a model with layer() is evaluated layer by layer, its features exchanged
+  // between ranks, with ghosts one cutoff deep; `exchange no` selects the ghost-shell path
+  // below instead (every model can take it; it recomputes the layers for a deep ghost shell)
+  exchange = many_ranks && !exchange_widths.empty() && exchange_allowed;
+  ghost_receivers = many_ranks && num_interactions > 1 && !exchange;
 
-  // one rank: full list, ghosts mapped to their owners (exact for any number of layers);
-  // several ranks with >1 layer: ghosts are receivers too, so they need neighbour lists
+  // one rank (and exchange): full list, ghosts mapped to their owners where this rank owns
+  // them; ghost-shell path with >1 layer: ghosts are receivers too, so they need neighbour lists
   ghostneigh = ghost_receivers ? 1 : 0;
   int flags = NeighConst::REQ_FULL;
   if (ghost_receivers) flags |= NeighConst::REQ_GHOST;
   neighbor->add_request(this, flags);
 
-  if (many_ranks) {
+  if (ghost_receivers) {
     if (comm->mode != Comm::SINGLE)
       error->all(FLERR, "pair_style ekd on several MPI ranks requires 'comm_modify mode single'");
     // nodes up to num_interactions edges away from a local atom must be ghosts here
     const double wanted = receptive_field + neighbor->skin;
-    if (receptive_field > cutoff && comm->cutghostuser < wanted) {
+    if (comm->cutghostuser < wanted) {
       comm->cutghostuser = wanted;
       if (comm->me == 0 && !ghost_message_printed)
         utils::logmesg(lmp,
@@ -395,6 +452,11 @@ void PairEKD::init_style()
                        wanted, receptive_field, num_interactions, neighbor->skin, comm->nprocs);
       ghost_message_printed = true;
     }
+  }
+  if (exchange && comm->me == 0 && !ghost_message_printed) {
+    utils::logmesg(lmp, "ekd: {} ranks exchange the features of {} layer(s) (ghost cutoff: one model "
+                   "cutoff + skin)\n", comm->nprocs, exchange_widths.size());
+    ghost_message_printed = true;
   }
 
   overlap_warned = false;    // the overlap warning is printed once per run
@@ -417,8 +479,15 @@ void PairEKD::compute(int eflag, int vflag)
   ev_init(eflag, vflag);
   build_graph();
   if (overlap_found && !overlap_warned) warn_overlap();
-  if (atom->nlocal == 0) return;    // nothing owned: no energy, no forces
-  call_model();
+  if (exchange) {
+    if (atom->nlocal == 0)
+      exchange_idle();    // nothing owned, but the neighbours' exchanges need this rank
+    else
+      call_layers();
+  } else {
+    if (atom->nlocal == 0) return;    // nothing owned: no energy, no forces
+    call_model();
+  }
   write_back();
 }
 
@@ -436,10 +505,10 @@ void PairEKD::build_graph()
   const int nall = atom->nlocal + atom->nghost;
   if (neighbor->ago == 0 || owner_built_at != neighbor->ncalls || static_cast<int>(owner.size()) != nall)
     build_owner_map();
-  if (many_ranks)
+  if (ghost_receivers)
     build_graph_many_ranks();
   else
-    build_graph_one_rank();
+    build_graph_local_receivers();
 }
 
 // tag -> local index, then the owner of every local and ghost atom: on one rank every ghost
@@ -478,10 +547,12 @@ void PairEKD::build_owner_map()
   owner_built_at = neighbor->ncalls;
 }
 
-// one rank: nodes are the local atoms; an edge to a ghost uses its owner's node
-void PairEKD::build_graph_one_rank()
+// receivers are the local atoms [0, nlocal); an edge to a ghost uses its owner's node when this
+// rank owns it (always on one rank), else a node of its own after the local ones (exchange)
+void PairEKD::build_graph_local_receivers()
 {
   const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
 
   double **x = atom->x;
   const int *type = atom->type;
@@ -489,8 +560,9 @@ void PairEKD::build_graph_one_rank()
   const double minsq = min_distance * min_distance;
 
   n_nodes = nlocal;
-  species.resize(nlocal);
-  for (int i = 0; i < nlocal; ++i) species[i] = type_to_species[type[i]];
+  node_atom.resize(nlocal);
+  for (int i = 0; i < nlocal; ++i) node_atom[i] = i;
+  atom_node.assign(nall, -1);
 
   const int inum = list->inum;
   const int *ilist = list->ilist;
@@ -513,8 +585,16 @@ void PairEKD::build_graph_one_rank()
         overlap_tag_j = atom->tag[j];
         overlap_dist = std::sqrt(rsq);
       }
+      int node = owner[j];
+      if (node < 0) {    // another rank's atom: its features arrive by forward communication
+        if (atom_node[j] < 0) {
+          atom_node[j] = n_nodes++;
+          node_atom.push_back(j);
+        }
+        node = atom_node[j];
+      }
       receivers.push_back(i);
-      senders.push_back(owner[j]);
+      senders.push_back(node);
       edge_vec.push_back(dx);
       edge_vec.push_back(dy);
       edge_vec.push_back(dz);
@@ -522,9 +602,11 @@ void PairEKD::build_graph_one_rank()
       edge_j.push_back(j);
     }
   }
+  species.resize(n_nodes);
+  for (int n = 0; n < n_nodes; ++n) species[n] = type_to_species[type[node_atom[n]]];
 }
 
-// several ranks: nodes are the local atoms [0, nlocal) and the ghost atoms reached
+// several ranks, ghost-shell path: nodes are the local atoms [0, nlocal) and the ghost atoms reached
 // within num_interactions edges; atoms closer than num_interactions edges to a local
 // atom are receivers (ghost neighbour lists), so every local energy is exact
 void PairEKD::build_graph_many_ranks()
@@ -605,13 +687,13 @@ void PairEKD::warn_overlap()
    call_model: wrap the buffers (no copy on CPU/float64), one forward() call
 ------------------------------------------------------------------------- */
 
-void PairEKD::call_model()
+void PairEKD::input_tensors(torch::Tensor &t_vec, torch::Tensor &t_recv, torch::Tensor &t_send,
+                            torch::Tensor &t_species)
 {
   const int64_t n_edges = static_cast<int64_t>(receivers.size());
   const int64_t n_node = static_cast<int64_t>(species.size());
   const auto long_opts = torch::TensorOptions().dtype(torch::kInt64);
 
-  torch::Tensor t_vec;
   if (model_dtype == torch::kFloat64) {
     t_vec = torch::from_blob(edge_vec.data(), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64));
   } else {
@@ -619,15 +701,23 @@ void PairEKD::call_model()
     std::copy(edge_vec.begin(), edge_vec.end(), edge_vec_f32.begin());
     t_vec = torch::from_blob(edge_vec_f32.data(), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat32));
   }
-  torch::Tensor t_recv = torch::from_blob(receivers.data(), {n_edges}, long_opts);
-  torch::Tensor t_send = torch::from_blob(senders.data(), {n_edges}, long_opts);
-  torch::Tensor t_species = torch::from_blob(species.data(), {n_node}, long_opts);
+  t_recv = torch::from_blob(receivers.data(), {n_edges}, long_opts);
+  t_send = torch::from_blob(senders.data(), {n_edges}, long_opts);
+  t_species = torch::from_blob(species.data(), {n_node}, long_opts);
   if (!device.is_cpu()) {
     t_vec = t_vec.to(device);
     t_recv = t_recv.to(device);
     t_send = t_send.to(device);
     t_species = t_species.to(device);
   }
+}
+
+void PairEKD::call_model()
+{
+  const int64_t n_edges = static_cast<int64_t>(receivers.size());
+  const int64_t n_node = static_cast<int64_t>(species.size());
+  torch::Tensor t_vec, t_recv, t_send, t_species;
+  input_tensors(t_vec, t_recv, t_send, t_species);
 
   inputs.clear();
   inputs.emplace_back(t_vec);
@@ -664,6 +754,177 @@ void PairEKD::call_model()
   model_energy = energy.to(torch::kCPU, torch::kFloat64).item<double>();
   atom_energy_out = atom_energy.to(torch::kCPU, torch::kFloat64).contiguous();
   edge_grad_out = edge_grad.to(torch::kCPU, torch::kFloat64).contiguous();
+}
+
+/* ----------------------------------------------------------------------
+   call_layers: CONTRACT.md §2b. Forward: s = edge_features(edge vectors), then for t = 0 .. L-1
+     (z^{t+1} of local nodes, energy terms) = layer(t, z^t of all nodes, s, ...);
+     z^{t+1} of ghost nodes arrives from their owners (forward comm).
+   Backward, t = L-1 .. 0, by autograd through each layer's graph:
+     d/d(s, z^t) of [ sum energy_t + <z^{t+1}, g^{t+1}> ];
+     g^t = dE/dz^t of local nodes = own rows + ghost rows summed on their owners (reverse comm);
+   at last dE/d(edge vectors) from dE/ds through edge_features.
+------------------------------------------------------------------------- */
+
+void PairEKD::call_layers()
+{
+  const int64_t nlocal = atom->nlocal;
+  const int n_layers = num_interactions;
+  torch::Tensor t_vec, t_recv, t_send, t_species;
+  input_tensors(t_vec, t_recv, t_send, t_species);
+  const auto float_opts = torch::TensorOptions().dtype(model_dtype).device(device);
+
+  torch::AutoGradMode grad_on(true);
+  torch::jit::GraphOptimizerEnabledGuard optimize(jit_optimize);
+  torch::Tensor vec = t_vec.detach().requires_grad_(true);
+  torch::Tensor features, s;    // s: the edge features as a leaf, so each layer's backward stops there
+  try {
+    features = module.get_method("edge_features")({vec}).toTensor();
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style ekd: edge_features of the model {} failed on {} edges: {}", model_file,
+               receivers.size(), first_line(e.what()));
+  }
+  s = features.detach().requires_grad_(true);
+  std::vector<torch::Tensor> z_in(n_layers), z_out(n_layers), energy(n_layers);
+  torch::Tensor z = torch::zeros({static_cast<int64_t>(species.size()), 0}, float_opts);
+  auto layer = module.get_method("layer");
+  for (int t = 0; t < n_layers; ++t) {
+    z_in[t] = t > 0 ? z.requires_grad_(true) : z;
+    try {
+      c10::IValue result = layer({static_cast<int64_t>(t), z_in[t], s, t_recv, t_send, t_species, nlocal});
+      const auto &out = result.toTupleRef().elements();
+      z_out[t] = out[0].toTensor();
+      energy[t] = out[1].toTensor();
+    } catch (const std::exception &e) {
+      error->one(FLERR, "pair_style ekd: layer {} of the model {} failed on {} nodes and {} edges: {}", t,
+                 model_file, species.size(), receivers.size(), first_line(e.what()));
+    }
+    const int64_t width = t + 1 < n_layers ? exchange_widths[t] : z_out[t].size(-1);
+    if (energy[t].numel() != nlocal || z_out[t].dim() != 2 || z_out[t].size(0) != nlocal ||
+        z_out[t].size(1) != width)
+      error->one(FLERR, "pair_style ekd: layer {} of the model {} returned features {} and energies {} "
+                 "for {} local atoms; expected [{}, {}] (exchange_features) and [{}]", t, model_file,
+                 shape_of(z_out[t]), shape_of(energy[t]), nlocal, nlocal, width, nlocal);
+    if (t + 1 < n_layers) z = exchange_features(z_out[t].detach());
+  }
+
+  torch::Tensor atom_energy = energy[0].detach();
+  for (int t = 1; t < n_layers; ++t) atom_energy = atom_energy + energy[t].detach();
+  atom_energy_out = atom_energy.to(torch::kCPU, torch::kFloat64).contiguous();
+  model_energy = atom_energy_out.sum().item<double>();
+
+  torch::Tensor feature_grad = torch::zeros_like(s);
+  torch::Tensor g;    // dE/dz^{t+1} of the local nodes
+  for (int t = n_layers - 1; t >= 0; --t) {
+    std::vector<torch::Tensor> outputs{energy[t]}, seeds{torch::ones_like(energy[t])};
+    if (g.defined()) {
+      outputs.push_back(z_out[t]);
+      seeds.push_back(g);
+    }
+    std::vector<torch::Tensor> wrt{s};
+    if (t > 0) wrt.push_back(z_in[t]);
+    std::vector<torch::Tensor> grads;
+    try {
+      grads = torch::autograd::grad(outputs, wrt, seeds, /*retain_graph=*/false,
+                                    /*create_graph=*/false, /*allow_unused=*/true);
+    } catch (const std::exception &e) {
+      error->one(FLERR, "pair_style ekd: the gradient of layer {} of the model {} failed: {}", t,
+                 model_file, first_line(e.what()));
+    }
+    if (grads[0].defined()) feature_grad = feature_grad + grads[0];
+    if (t > 0) g = exchange_gradients(grads[1].defined() ? grads[1] : torch::zeros_like(z_in[t]));
+  }
+  torch::Tensor edge_grad = torch::zeros_like(t_vec);
+  if (features.requires_grad()) {    // no edges: nothing depends on the edge vectors
+    auto grads = torch::autograd::grad({features}, {vec}, {feature_grad}, false, false, true);
+    if (grads[0].defined()) edge_grad = grads[0];
+  }
+  edge_grad_out = edge_grad.to(torch::kCPU, torch::kFloat64).contiguous();
+}
+
+// a rank that owns no atoms takes part in the same exchanges, with nothing to compute
+void PairEKD::exchange_idle()
+{
+  const int nall = atom->nlocal + atom->nghost;
+  for (int width : exchange_widths) {
+    comm_width = width;
+    comm_rows.assign(static_cast<size_t>(nall) * width, 0.0);
+    comm->forward_comm(this);
+  }
+  for (int t = num_interactions - 1; t > 0; --t) {
+    comm_width = exchange_widths[t - 1];
+    comm_rows.assign(static_cast<size_t>(nall) * comm_width, 0.0);
+    comm->reverse_comm(this);
+  }
+  model_energy = 0.0;
+  atom_energy_out = torch::zeros({0}, torch::kFloat64);
+  edge_grad_out = torch::zeros({0, 3}, torch::kFloat64);
+}
+
+// features of the local nodes -> features of every node: the rows of ghost nodes are filled
+// by their owners through one forward communication
+torch::Tensor PairEKD::exchange_features(const torch::Tensor &z_local)
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int width = static_cast<int>(z_local.size(1));
+  torch::Tensor local = z_local.to(torch::kCPU, torch::kFloat64).contiguous();
+  comm_width = width;
+  comm_rows.resize(static_cast<size_t>(nall) * width);
+  std::copy(local.data_ptr<double>(), local.data_ptr<double>() + static_cast<size_t>(nlocal) * width,
+            comm_rows.begin());
+  comm->forward_comm(this);
+
+  const int n_ghost_nodes = n_nodes - nlocal;
+  torch::Tensor ghosts = torch::empty({n_ghost_nodes, width}, torch::kFloat64);
+  double *out = ghosts.data_ptr<double>();
+  for (int k = 0; k < n_ghost_nodes; ++k)
+    std::copy_n(&comm_rows[static_cast<size_t>(node_atom[nlocal + k]) * width], width, out + static_cast<size_t>(k) * width);
+  return torch::cat({local, ghosts}).to(device, model_dtype);
+}
+
+// dE/dz of every node -> dE/dz of the local nodes: ghost rows are added on their owners by one
+// reverse communication
+torch::Tensor PairEKD::exchange_gradients(const torch::Tensor &dz)
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int width = static_cast<int>(dz.size(1));
+  torch::Tensor all = dz.to(torch::kCPU, torch::kFloat64).contiguous();
+  const double *in = all.data_ptr<double>();
+  comm_width = width;
+  comm_rows.assign(static_cast<size_t>(nall) * width, 0.0);
+  for (int n = nlocal; n < n_nodes; ++n)
+    std::copy_n(in + static_cast<size_t>(n) * width, width, &comm_rows[static_cast<size_t>(node_atom[n]) * width]);
+  comm->reverse_comm(this);
+  torch::Tensor from_ghosts = torch::from_blob(comm_rows.data(), {nlocal, width}, torch::kFloat64);
+  return (all.narrow(0, 0, nlocal) + from_ghosts).to(device, model_dtype);
+}
+
+int PairEKD::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+{
+  for (int k = 0; k < n; ++k)
+    std::copy_n(&comm_rows[static_cast<size_t>(list[k]) * comm_width], comm_width, buf + static_cast<size_t>(k) * comm_width);
+  return n * comm_width;
+}
+
+void PairEKD::unpack_forward_comm(int n, int first, double *buf)
+{
+  std::copy_n(buf, static_cast<size_t>(n) * comm_width, comm_rows.data() + static_cast<size_t>(first) * comm_width);
+}
+
+int PairEKD::pack_reverse_comm(int n, int first, double *buf)
+{
+  std::copy_n(comm_rows.data() + static_cast<size_t>(first) * comm_width, static_cast<size_t>(n) * comm_width, buf);
+  return n * comm_width;
+}
+
+void PairEKD::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  for (int k = 0; k < n; ++k) {
+    double *row = &comm_rows[static_cast<size_t>(list[k]) * comm_width];
+    for (int c = 0; c < comm_width; ++c) row[c] += buf[static_cast<size_t>(k) * comm_width + c];
+  }
 }
 
 /* ----------------------------------------------------------------------

@@ -3,11 +3,13 @@
    inside LAMMPS. The C++ side of export/CONTRACT.md.
 
    Steps, one member function each:
-     settings()    pair_style ekd FILE [device cpu|cuda|auto]: file, device, unit factor
+     settings()    pair_style ekd FILE [device ..] [heap ..] [exchange ..]: file, device, units
      coeff()       pair_coeff * * El1 El2 ...: load the model, read metadata, type map
      init_style()  checks (newton, IDs), neighbour request, ghost cutoff
      build_graph() nodes, species, directed edges within the cutoff
      call_model()  one TorchScript call: energy, atom_energy, edge_grad
+     call_layers() several ranks, models with layer(): the layers one by one, their features
+                   exchanged between ranks (forward comm), then their gradients (reverse comm)
      write_back()  energies, forces on receivers and senders, global and per-atom virial
 ------------------------------------------------------------------------- */
 
@@ -36,17 +38,29 @@ class PairEKD : public Pair {
   void init_style() override;
   double init_one(int i, int j) override;
 
+  // features of the layers (forward) and their gradients (reverse) for call_layers()
+  int pack_forward_comm(int n, int *list, double *buf, int pbc_flag, int *pbc) override;
+  void unpack_forward_comm(int n, int first, double *buf) override;
+  int pack_reverse_comm(int n, int first, double *buf) override;
+  void unpack_reverse_comm(int n, int *list, double *buf) override;
+
  protected:
   void allocate();
   void select_device();
   void keep_tensor_memory();
   void load_model();
   void read_metadata(const std::string &json_text);
+  void check_layers();
   void build_owner_map();
   void build_graph();
-  void build_graph_one_rank();
+  void build_graph_local_receivers();
   void build_graph_many_ranks();
+  void input_tensors(torch::Tensor &vec, torch::Tensor &recv, torch::Tensor &send, torch::Tensor &spec);
   void call_model();
+  void call_layers();
+  void exchange_idle();
+  torch::Tensor exchange_features(const torch::Tensor &z_local);
+  torch::Tensor exchange_gradients(const torch::Tensor &dz);
   void write_back();
   void warn_overlap();
 
@@ -55,6 +69,7 @@ class PairEKD : public Pair {
   std::string device_request;      // "cpu", "cuda" or "auto"
   torch::Device device;            // resolved device
   double unit_factor;              // model eV -> deck energy unit (1 for metal)
+  bool exchange_allowed;           // `exchange yes` (default): see init_style()
 
   // --- model and metadata --------------------------------------------------
   torch::jit::Module module;
@@ -71,10 +86,17 @@ class PairEKD : public Pair {
   int members;
   bool jit_optimize;               // see the comment in call_model()
   std::vector<int> type_to_species;    // LAMMPS type (1..ntypes) -> model species index
+  std::vector<int> exchange_widths;    // features after each layer but the last (metadata
+                                       // exchange_features); empty: the file has no layer()
 
   // --- decomposition -------------------------------------------------------
   bool many_ranks;                 // comm->nprocs > 1: nodes are local + ghost atoms
-  bool ghost_receivers;            // many_ranks && num_interactions > 1
+  bool exchange;                   // many_ranks, layer by layer with features exchanged
+  bool ghost_receivers;            // many_ranks && num_interactions > 1 && !exchange
+
+  // --- feature exchange: one row of comm_width values per local and ghost atom ----------
+  std::vector<double> comm_rows;
+  int comm_width;
 
   // --- graph buffers, reused from step to step -----------------------------
   std::vector<int64_t> species;        // [N]

@@ -90,7 +90,7 @@ def write_tiny_config(folder: Path, epochs: int = 3, dtype: str = "float64") -> 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished tiny float64 run (teachers with 2 interaction layers, a 1-layer student),
+    """A finished tiny float64 run (teachers and student with 2 interaction layers),
     shared by the pipeline, export, calculator and LAMMPS tests."""
     from ekd.config import load_config
     from ekd.train import run_stages

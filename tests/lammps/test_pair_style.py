@@ -21,7 +21,7 @@ REL = {"float64": 1e-10, "float32": 1e-5}
 
 @pytest.fixture(scope="module")
 def models(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny run's 1-layer student and 2-layer teacher, and a 2-layer equivariant model,
+    """The tiny run's 2-layer student and teacher, and a 2-layer equivariant model,
     in float64 and float32."""
     folder = tmp_path_factory.mktemp("lammps_models")
     files = {}
@@ -148,29 +148,39 @@ def test_single_molecule_and_units_real(tmp_path: Path, models: dict, box: Atoms
     assert relative(real.forces, want["forces"] * EV_TO_KCAL_MOL) <= 1e-10
 
 
-@pytest.mark.parametrize("model, ranks, processors", [("teacher", 2, ""), ("teacher", 4, ""),
-                                                      ("teacher", 4, "processors 4 1 1"),
-                                                      ("equivariant", 2, "")])
+@pytest.mark.parametrize("model, ranks, processors, option", [
+    ("teacher_float64", 2, "", ""), ("teacher_float64", 4, "", ""),
+    ("teacher_float64", 4, "processors 4 1 1", ""), ("teacher_float32", 2, "", ""),
+    ("teacher_float64", 2, "", "exchange no"), ("teacher_float64", 4, "processors 4 1 1", "exchange no"),
+    ("equivariant_float64", 2, "", "")])
 def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms, model: str, ranks: int,
-                                       processors: str) -> None:
-    """2-interaction models need a ghost shell of twice their cutoff to be exact."""
-    path = models[f"{model}_float64"]
+                                       processors: str, option: str) -> None:
+    """2-interaction models on several ranks: HIP-NN exchanges its first layer's features between
+    ranks (default); with `exchange no`, and for the equivariant model, each rank recomputes the
+    layers for a ghost shell of twice the cutoff. Both must give the one-rank numbers.
+    `processors 4 1 1` with the atoms squeezed into half the box leaves two ranks owning nothing,
+    and sub-domains thinner than the cutoff (ghosts forwarded over several ranks)."""
+    path = models[model]
     elements = read_metadata(path)["elements"]
     type_of = {s: k + 1 for k, s in enumerate(elements)}
     atoms = box.copy()
     if processors:  # squeeze all atoms into the lower half of x: two of four ranks own nothing
         atoms.positions[:, 0] = atoms.positions[:, 0] * 0.45 + 0.1
-        atoms.cell[0, 0] *= 1.0
     single = lammps_on(tmp_path / "one", path, atoms, type_of)
-    many = lammps_on(tmp_path / "many", path, atoms, type_of, ranks=ranks, processors=processors)
-    report(f"{ranks} ranks {processors or 'auto grid'} vs 1 rank, 2-layer {model}", many.energy, single.energy,
-           [("forces", many.forces, single.forces), ("atom energies", many.atom_energy, single.atom_energy),
-            ("virial", many.virial, single.virial)])
+    many = lammps_on(tmp_path / "many", f"{path} {option}", atoms, type_of, ranks=ranks, processors=processors)
+    report(f"{ranks} ranks {processors or 'auto grid'} {option} vs 1 rank, 2-layer {model}", many.energy,
+           single.energy, [("forces", many.forces, single.forces), ("atom energies", many.atom_energy,
+                                                                     single.atom_energy),
+                           ("virial", many.virial, single.virial)])
+    exchanged = model.startswith("teacher") and option != "exchange no"
+    assert ("exchange the features of 1 layer(s)" in many.log) == exchanged
+    assert ("ghost cutoff set to" in many.log) != exchanged
+    tol = REL[model.rsplit("_", 1)[1]]
     assert np.abs(single.forces).max() > 1e-3
-    assert abs(many.energy - single.energy) <= 1e-10 * abs(single.energy)
-    assert relative(many.forces, single.forces) <= 1e-10
-    assert relative(many.atom_energy, single.atom_energy) <= 1e-10
-    assert relative(many.virial, single.virial) <= 1e-10
+    assert abs(many.energy - single.energy) <= tol * abs(single.energy)
+    assert relative(many.forces, single.forces) <= tol
+    assert relative(many.atom_energy, single.atom_energy) <= tol
+    assert relative(many.virial, single.virial) <= tol
 
 
 def test_heap_system_gives_the_same_numbers(tmp_path: Path, models: dict, box: Atoms) -> None:
@@ -217,6 +227,17 @@ run 2000
     assert drift < 1e-5, f"energy drift {drift:.3g} eV/atom"
 
 
+def with_metadata(path: Path, out: Path, **changes: object) -> str:
+    """A copy of an exported file with some metadata entries changed."""
+    import json
+
+    from ekd.export import METADATA_NAME
+
+    meta = {**read_metadata(path), **changes}
+    torch.jit.save(torch.jit.load(str(path)), str(out), _extra_files={METADATA_NAME: json.dumps(meta)})
+    return str(out)
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "model file .*absent.pt not found"),
     ("not_torchscript", "cannot read .*junk.pt as a TorchScript file"),
@@ -228,6 +249,10 @@ run 2000
     ("bad_keyword", "unknown keyword 'colour'"),
     ("bad_heap", "keyword 'heap' needs a value: keep or system"),
     ("newer_format", "newer.pt has format_version 99 but this plugin reads format_version 1 only"),
+    ("bad_exchange", "keyword 'exchange' needs a value: yes or no"),
+    ("exchange_count", "odd.pt lists 2 exchange_features for 2 interaction.s.; expected 1"),
+    ("exchange_width", r"layer 0 of .*odd.pt gives features 8 per atom but ekd.json lists exchange_features\[0\] = 4"),
+    ("exchange_without_layer", "odd.pt lists exchange_features in ekd.json but has no layer.. and edge_features.. methods"),
 ])
 def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms, case: str, message: str) -> None:
     import re
@@ -235,7 +260,7 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms,
     path = models["student_float64"]
     elements = read_metadata(path)["elements"]
     write_data(tmp_path / "data.lmp", box, {s: k + 1 for k, s in enumerate(elements)})
-    model, coeff, units, pre, style_extra = str(path), " ".join(elements), "metal", "", ""
+    model, coeff, units, pre, style_extra, ranks = str(path), " ".join(elements), "metal", "", "", 1
     if case == "missing":
         model = str(tmp_path / "absent.pt")
     elif case == "not_torchscript":
@@ -256,15 +281,16 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms,
         style_extra = " colour blue"
     elif case == "bad_heap":
         style_extra = " heap lots"
+    elif case == "bad_exchange":
+        style_extra = " exchange maybe"
     elif case == "newer_format":
-        import json
-
-        from ekd.export import METADATA_NAME
-
-        meta = {**read_metadata(path), "format_version": 99}
-        torch.jit.save(torch.jit.load(str(path)), str(tmp_path / "newer.pt"),
-                       _extra_files={METADATA_NAME: json.dumps(meta)})
-        model = str(tmp_path / "newer.pt")
+        model = with_metadata(path, tmp_path / "newer.pt", format_version=99)
+    elif case == "exchange_count":  # the 2-layer student exchanges one layer's features
+        model = with_metadata(path, tmp_path / "odd.pt", exchange_features=[8, 8])
+    elif case == "exchange_width":  # its features have 8 columns
+        model = with_metadata(path, tmp_path / "odd.pt", exchange_features=[4])
+    elif case == "exchange_without_layer":  # the equivariant model has no layer()
+        model = with_metadata(models["equivariant_float64"], tmp_path / "odd.pt", exchange_features=[8])
     text = f"""
 units {units}
 {pre}
@@ -275,7 +301,7 @@ pair_coeff * * {coeff}
 run 0
 """
     (tmp_path / "in.deck").write_text(text)
-    result = run_lammps(tmp_path, text, check=False)
+    result = run_lammps(tmp_path, text, ranks=ranks, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     error_lines = [line for line in output.splitlines() if "ERROR" in line]
