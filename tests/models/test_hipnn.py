@@ -211,6 +211,33 @@ def test_layers_on_two_ranks_with_exchanged_features_equal_forward(n_interaction
     assert expected_force.abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_sensitivities_are_the_inverse_distance_gaussians(dtype: torch.dtype, tolerance: float) -> None:
+    """The sensitivities, computed as one quadratic in 1/r per ν, equal exp(-(1/r - μ)²/2σ²)·φ(r)
+    written out term by term (in float64), and their slopes too."""
+    from ekd.models.radial import InverseGaussianSensitivity, cosine_cutoff
+
+    torch.manual_seed(2)
+    module = InverseGaussianSensitivity(16, 0.75, 4.5, 5.0).to(dtype)
+    with torch.no_grad():
+        module.inverse_centres.add_(0.02 * torch.randn_like(module.inverse_centres))
+        module.inverse_widths.mul_(1.0 + 0.2 * torch.rand_like(module.inverse_widths))
+    r = torch.linspace(0.5, 4.999, 2000, dtype=torch.float64)
+
+    def written_out(r: torch.Tensor) -> torch.Tensor:
+        mu, sigma = module.inverse_centres.double(), module.inverse_widths.double()
+        return torch.exp(-((1.0 / r[:, None] - mu) ** 2) / (2 * sigma ** 2)) * cosine_cutoff(r, 5.0)[:, None]
+
+    x = r.to(dtype).requires_grad_(True)
+    got = module(x)
+    (slope,) = torch.autograd.grad(got.sum(), x)
+    reference_x = r.clone().requires_grad_(True)
+    want = written_out(reference_x)
+    (want_slope,) = torch.autograd.grad(want.sum(), reference_x)
+    assert (got.double() - want).abs().max() <= tolerance * want.abs().max()
+    assert (slope.double() - want_slope).abs().max() <= tolerance * want_slope.abs().max()
+
+
 def test_neighbor_slots_unsorted() -> None:
     receivers = torch.tensor([2, 0, 2, 1, 0, 2])
     slots, max_degree = neighbor_slots(receivers, 4)

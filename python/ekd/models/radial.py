@@ -36,6 +36,15 @@ class InverseGaussianSensitivity(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         """(E,) distances → (E, n_sensitivities)."""
-        inv = 1.0 / r.unsqueeze(-1)
-        gauss = torch.exp(-0.5 * ((inv - self.inverse_centres) / self.inverse_widths) ** 2)
-        return gauss * cosine_cutoff(r, self.cutoff).unsqueeze(-1)
+        # The exponent -(1/r - μ)²/2σ² is a quadratic in u = 1/r - m (m: the mean centre, a
+        # constant that keeps the terms small in float32: ≤ 5e-6 relative rounding), evaluated
+        # for every sensitivity at once as one (E, 3) @ (3, ν) product: three passes over the
+        # (E, ν) table forward and about four backward instead of six and ten. Less memory
+        # traffic: +1-7 % on one rank, +6-10 % on two sharing the memory bus (docs/results.md).
+        m = self.inverse_centres.detach().mean()
+        shifted = self.inverse_centres - m
+        curvature = 1.0 / self.inverse_widths ** 2
+        coefficients = torch.stack([-0.5 * curvature, shifted * curvature, -0.5 * shifted ** 2 * curvature])
+        u = 1.0 / r - m
+        powers = torch.stack([u * u, u, torch.ones_like(u)], dim=1)
+        return torch.exp(powers @ coefficients) * cosine_cutoff(r, self.cutoff).unsqueeze(-1)
