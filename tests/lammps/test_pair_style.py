@@ -227,6 +227,52 @@ run 2000
     assert drift < 1e-5, f"energy drift {drift:.3g} eV/atom"
 
 
+@pytest.mark.parametrize("ranks, processors", [(2, ""), (3, "processors 3 1 1")])
+def test_md_on_several_ranks_follows_one_rank(tmp_path: Path, models: dict, box: Atoms, ranks: int,
+                                             processors: str) -> None:
+    """300 steps of 0.5 fs from 600 K with neighbour lists rebuilt every step and atoms sorted
+    every 7 steps: atoms move between ranks and the exchanged features follow them. The
+    trajectory on several ranks (features exchanged; 3 ranks: sub-domains thinner than the
+    cutoff) stays on the one-rank trajectory to 1e-8 Å in float64."""
+    path = models["teacher_float64"]
+    elements = read_metadata(path)["elements"]
+    write_data(tmp_path / "data.lmp", box, {s: k + 1 for k, s in enumerate(elements)})
+    positions = {}
+    for n in (1, ranks):
+        folder = tmp_path / f"ranks_{n}"
+        folder.mkdir()
+        (folder / "data.lmp").write_text((tmp_path / "data.lmp").read_text())
+        run_lammps(folder, f"""
+units metal
+atom_style atomic
+atom_modify map array sort 7 2.0
+{processors if n > 1 else ""}
+read_data data.lmp
+pair_style ekd {path}
+pair_coeff * * {' '.join(elements)}
+neighbor 1.0 bin
+neigh_modify every 1 delay 0 check no
+velocity all create 600.0 4321 mom yes rot yes
+fix nve all nve
+timestep 0.0005
+thermo_style custom step pe etotal
+thermo_modify format float %.17g
+thermo 100
+run 300
+write_dump all custom final.dump id x y z modify sort id format float %.17g
+""", ranks=n)
+        log = (folder / "log.lammps").read_text()
+        positions[n] = np.loadtxt(folder / "final.dump", skiprows=9)[:, 1:4]
+        if n > 1:
+            assert "exchange the features of 1 layer(s)" in log
+    moved = np.abs(positions[1] - box.positions).max()
+    gap = np.abs(positions[ranks] - positions[1]).max()
+    print(f"\nagreement | 300 MD steps, {ranks} ranks vs 1 | largest displacement {moved:.2f} A, "
+          f"largest position difference {gap:.2e} A")
+    assert moved > 0.1, "atoms must move"
+    assert gap < 1e-8
+
+
 def with_metadata(path: Path, out: Path, **changes: object) -> str:
     """A copy of an exported file with some metadata entries changed."""
     import json
