@@ -21,36 +21,38 @@ REL = {"float64": 1e-10, "float32": 1e-5}
 
 @pytest.fixture(scope="module")
 def models(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny run's 2-layer student and teacher, and a 2-layer equivariant model,
-    in float64 and float32."""
+    """The tiny run's 2-layer student and teacher, a 2-layer equivariant model and a 1-layer
+    HIP-NN, in float64 and float32."""
     folder = tmp_path_factory.mktemp("lammps_models")
     files = {}
-    equivariant = equivariant_checkpoint(tiny_run / "teachers/teacher_0/checkpoint.pt", folder)
+    template = tiny_run / "teachers/teacher_0/checkpoint.pt"
+    equivariant = random_checkpoint(template, folder, "equivariant",
+                                    {"n_features": 8, "l_max": 1, "n_interactions": 2, "cutoff": 3.5})
+    one_layer = random_checkpoint(template, folder, "hipnn", {"n_features": 8, "n_sensitivities": 6,
+                                                              "n_interactions": 1, "cutoff": 4.0, "soft_max": 3.5})
     for name, checkpoint in (("student", tiny_run / "student/checkpoint.pt"),
-                             ("teacher", tiny_run / "teachers/teacher_0/checkpoint.pt"),
-                             ("equivariant", equivariant)):
+                             ("teacher", template), ("equivariant", equivariant), ("hipnn1", one_layer)):
         for dtype in ("float64", "float32"):
             files[f"{name}_{dtype}"] = folder / f"{name}_{dtype}.pt"
             export_model([checkpoint], files[f"{name}_{dtype}"], getattr(torch, dtype))
     return files
 
 
-def equivariant_checkpoint(template: Path, folder: Path) -> Path:
-    """A 2-interaction equivariant model with random (not trained) weights in a checkpoint of
-    the tiny run's format: LAMMPS must reproduce any weights, and random ones give large forces."""
+def random_checkpoint(template: Path, folder: Path, kind: str, hyperparameters: dict) -> Path:
+    """A model with random (not trained) weights in a checkpoint of the tiny run's format: LAMMPS
+    must reproduce any weights, and random ones give large forces."""
     from ekd.models import build_model
     from ekd.models.registry import model_spec
     from ekd.training import read_checkpoint
 
     state = read_checkpoint(template)
     torch.manual_seed(7)
-    model = build_model("equivariant", state["model_spec"]["elements"],
-                        {"n_features": 8, "l_max": 1, "n_interactions": 2, "cutoff": 3.5}).double()
+    model = build_model(kind, state["model_spec"]["elements"], hyperparameters).double()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
     state.update(model_spec=model_spec(model), best_state=model.state_dict(), dtype="float64")
-    path = folder / "equivariant.pt.checkpoint"
+    path = folder / f"{kind}_{hyperparameters['n_interactions']}.pt.checkpoint"
     torch.save(state, path)
     return path
 
@@ -152,12 +154,13 @@ def test_single_molecule_and_units_real(tmp_path: Path, models: dict, box: Atoms
     ("teacher_float64", 2, "", ""), ("teacher_float64", 4, "", ""),
     ("teacher_float64", 4, "processors 4 1 1", ""), ("teacher_float32", 2, "", ""),
     ("teacher_float64", 2, "", "exchange no"), ("teacher_float64", 4, "processors 4 1 1", "exchange no"),
-    ("equivariant_float64", 2, "", "")])
+    ("equivariant_float64", 2, "", ""), ("hipnn1_float64", 4, "processors 4 1 1", "")])
 def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms, model: str, ranks: int,
                                        processors: str, option: str) -> None:
     """2-interaction models on several ranks: HIP-NN exchanges its first layer's features between
     ranks (default); with `exchange no`, and for the equivariant model, each rank recomputes the
-    layers for a ghost shell of twice the cutoff. Both must give the one-rank numbers.
+    layers for a ghost shell of twice the cutoff. A 1-layer model needs neither: other ranks'
+    atoms within the cutoff are send-only nodes. All must give the one-rank numbers.
     `processors 4 1 1` with the atoms squeezed into half the box leaves two ranks owning nothing,
     and sub-domains thinner than the cutoff (ghosts forwarded over several ranks)."""
     path = models[model]
@@ -168,13 +171,13 @@ def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms,
         atoms.positions[:, 0] = atoms.positions[:, 0] * 0.45 + 0.1
     single = lammps_on(tmp_path / "one", path, atoms, type_of)
     many = lammps_on(tmp_path / "many", f"{path} {option}", atoms, type_of, ranks=ranks, processors=processors)
-    report(f"{ranks} ranks {processors or 'auto grid'} {option} vs 1 rank, 2-layer {model}", many.energy,
+    report(f"{ranks} ranks {processors or 'auto grid'} {option} vs 1 rank, {model}", many.energy,
            single.energy, [("forces", many.forces, single.forces), ("atom energies", many.atom_energy,
                                                                      single.atom_energy),
                            ("virial", many.virial, single.virial)])
     exchanged = model.startswith("teacher") and option != "exchange no"
     assert ("exchange the features of 1 layer(s)" in many.log) == exchanged
-    assert ("ghost cutoff set to" in many.log) != exchanged
+    assert ("ghost cutoff set to" in many.log) == (not exchanged and not model.startswith("hipnn1"))
     tol = REL[model.rsplit("_", 1)[1]]
     assert np.abs(single.forces).max() > 1e-3
     assert abs(many.energy - single.energy) <= tol * abs(single.energy)
