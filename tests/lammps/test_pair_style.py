@@ -154,13 +154,14 @@ def test_single_molecule_and_units_real(tmp_path: Path, models: dict, box: Atoms
     ("teacher_float64", 2, "", ""), ("teacher_float64", 4, "", ""),
     ("teacher_float64", 4, "processors 4 1 1", ""), ("teacher_float32", 2, "", ""),
     ("teacher_float64", 2, "", "exchange no"), ("teacher_float64", 4, "processors 4 1 1", "exchange no"),
-    ("equivariant_float64", 2, "", ""), ("hipnn1_float64", 4, "processors 4 1 1", "")])
+    ("equivariant_float64", 2, "", ""), ("equivariant_float64", 4, "processors 4 1 1", ""),
+    ("equivariant_float64", 2, "", "exchange no"), ("hipnn1_float64", 4, "processors 4 1 1", "")])
 def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms, model: str, ranks: int,
                                        processors: str, option: str) -> None:
-    """2-interaction models on several ranks: HIP-NN exchanges its first layer's features between
-    ranks (default); with `exchange no`, and for the equivariant model, each rank recomputes the
-    layers for a ghost shell of twice the cutoff. A 1-layer model needs neither: other ranks'
-    atoms within the cutoff are send-only nodes. All must give the one-rank numbers.
+    """2-interaction models on several ranks: HIP-NN and the equivariant model exchange their first
+    layer's features between ranks (default); with `exchange no` each rank recomputes the layers
+    for a ghost shell of twice the cutoff. A 1-layer model needs neither: other ranks' atoms
+    within the cutoff are send-only nodes. All must give the one-rank numbers.
     `processors 4 1 1` with the atoms squeezed into half the box leaves two ranks owning nothing,
     and sub-domains thinner than the cutoff (ghosts forwarded over several ranks)."""
     path = models[model]
@@ -175,7 +176,7 @@ def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms,
            single.energy, [("forces", many.forces, single.forces), ("atom energies", many.atom_energy,
                                                                      single.atom_energy),
                            ("virial", many.virial, single.virial)])
-    exchanged = model.startswith("teacher") and option != "exchange no"
+    exchanged = model.split("_")[0] in ("teacher", "equivariant") and option != "exchange no"
     assert ("exchange the features of 1 layer(s)" in many.log) == exchanged
     assert ("ghost cutoff set to" in many.log) == (not exchanged and not model.startswith("hipnn1"))
     tol = REL[model.rsplit("_", 1)[1]]
@@ -276,14 +277,15 @@ write_dump all custom final.dump id x y z modify sort id format float %.17g
     assert gap < 1e-8
 
 
-def with_metadata(path: Path, out: Path, **changes: object) -> str:
-    """A copy of an exported file with some metadata entries changed."""
+def with_metadata(path: Path, out: Path, module: torch.jit.ScriptModule | None = None, **changes: object) -> str:
+    """A copy of an exported file (or `module` with its metadata) with some metadata entries changed."""
     import json
 
     from ekd.export import METADATA_NAME
 
     meta = {**read_metadata(path), **changes}
-    torch.jit.save(torch.jit.load(str(path)), str(out), _extra_files={METADATA_NAME: json.dumps(meta)})
+    module = torch.jit.load(str(path)) if module is None else module
+    torch.jit.save(module, str(out), _extra_files={METADATA_NAME: json.dumps(meta)})
     return str(out)
 
 
@@ -338,8 +340,9 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms,
         model = with_metadata(path, tmp_path / "odd.pt", exchange_features=[8, 8])
     elif case == "exchange_width":  # its features have 8 columns
         model = with_metadata(path, tmp_path / "odd.pt", exchange_features=[4])
-    elif case == "exchange_without_layer":  # the equivariant model has no layer()
-        model = with_metadata(models["equivariant_float64"], tmp_path / "odd.pt", exchange_features=[8])
+    elif case == "exchange_without_layer":  # a TorchScript file without layer()
+        model = with_metadata(path, tmp_path / "odd.pt", module=torch.jit.script(torch.nn.Linear(2, 2)),
+                              exchange_features=[8])
     text = f"""
 units {units}
 {pre}

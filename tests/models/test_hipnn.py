@@ -170,18 +170,12 @@ def test_blocks_by_degree_give_the_same_energies_and_gradients(n_interactions: i
             assert torch.allclose(blocks[1], one_block[1], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("n_interactions, block_rows", [(2, 1024), (3, 1024), (3, 4)])
-def test_layers_on_two_ranks_with_exchanged_features_equal_forward(n_interactions: int, block_rows: int) -> None:
-    """`layer` as the pair style uses it on several MPI ranks: each rank computes its own atoms
-    from features of its own atoms and of the other rank's neighbours, which are exchanged after
-    every layer. Summed over both ranks, energies and forces equal one `forward` in float64."""
-    model = make_model(torch.float64, n_interactions=n_interactions)
-    model.block_rows = block_rows
-    species, x = molecule(torch.float64, n=30, seed=3)
-    x = x.clone().requires_grad_(True)
+def energy_on_two_ranks(model, species: torch.Tensor, x: torch.Tensor, first: int) -> torch.Tensor:
+    """The total energy as the pair style computes it on two MPI ranks owning atoms [0, first)
+    and [first, N): each rank runs `layer` for its own atoms from the features of its own atoms
+    and of the other rank's neighbours, which are exchanged after every layer. Differentiable in x."""
     receivers, senders = all_edges(x.detach(), model.cutoff)
-    owned = [torch.arange(0, 13), torch.arange(13, 30)]
-
+    owned = [torch.arange(0, first), torch.arange(first, len(species))]
     ranks = []  # per rank: node -> atom (own atoms first, then the other rank's), edges by node
     for atoms in owned:
         keep = torch.isin(receivers, atoms)
@@ -191,10 +185,9 @@ def test_layers_on_two_ranks_with_exchanged_features_equal_forward(n_interaction
         atom_node[node_atom] = torch.arange(len(node_atom))
         ranks.append((node_atom, atom_node[receivers[keep]], atom_node[senders[keep]],
                       x[senders[keep]] - x[receivers[keep]]))
-
     z_of_atom = x.new_zeros(len(species), 0)
     total = x.new_zeros(())
-    for t in range(n_interactions):
+    for t in range(model.num_interactions):
         outputs = []
         for atoms, (node_atom, recv, send, vectors) in zip(owned, ranks):
             z, terms = model.layer(t, z_of_atom[node_atom], model.edge_features(vectors), recv, send,
@@ -202,8 +195,19 @@ def test_layers_on_two_ranks_with_exchanged_features_equal_forward(n_interaction
             outputs.append(z)
             total = total + terms.sum()
         z_of_atom = torch.cat(outputs)  # the exchange: each atom's features from its owner
-    (force,) = torch.autograd.grad(-total, x)
+    return total
 
+
+@pytest.mark.parametrize("n_interactions, block_rows", [(2, 1024), (3, 1024), (3, 4)])
+def test_layers_on_two_ranks_with_exchanged_features_equal_forward(n_interactions: int, block_rows: int) -> None:
+    """`layer` as the pair style uses it on several MPI ranks: summed over two ranks, energies
+    and forces equal one `forward` in float64 (blocks of 4 rows: the degree-sorted layout)."""
+    model = make_model(torch.float64, n_interactions=n_interactions)
+    model.block_rows = block_rows
+    species, x = molecule(torch.float64, n=30, seed=3)
+    x = x.clone().requires_grad_(True)
+    total = energy_on_two_ranks(model, species, x, first=13)
+    (force,) = torch.autograd.grad(-total, x)
     expected = energy(model, species, x)
     (expected_force,) = torch.autograd.grad(-expected, x)
     assert torch.allclose(total, expected, rtol=1e-13, atol=0)

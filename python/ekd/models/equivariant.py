@@ -394,6 +394,7 @@ class EquivariantPotential(Potential):
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
         self.irreps_hidden = [str(block.irreps_out) for block in blocks]
+        self.sh_dim = irreps_sh.dim
         hidden = max(width // 2, 1)
         self.readout = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         with torch.no_grad():  # small initial energies: the network learns a residual
@@ -410,8 +411,8 @@ class EquivariantPotential(Potential):
         n_nodes = species.shape[0]
         one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vectors.dtype)
         h = self.embedding(one_hot)
-        sh = self.spherical_harmonics(edge_vectors)
-        basis = self.basis(torch.linalg.vector_norm(edge_vectors, dim=-1))
+        features = self.edge_features(edge_vectors)
+        sh, basis = features[:, :self.sh_dim], features[:, self.sh_dim:]
         rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
         for t, block in enumerate(self.blocks):
             if rows[t] < n_nodes:  # only nodes [0, rows[t]) are read later: edges into them alone
@@ -424,3 +425,33 @@ class EquivariantPotential(Potential):
         if energy.shape[0] < n_nodes:
             energy = torch.cat([energy, energy.new_zeros(n_nodes - energy.shape[0], 1)])
         return energy + self.species_energy(one_hot)
+
+    def edge_features(self, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """(E, sh + n_basis): the edges' spherical harmonics and radial basis, side by side."""
+        sh = self.spherical_harmonics(edge_vectors)
+        basis = self.basis(torch.linalg.vector_norm(edge_vectors, dim=-1))
+        return torch.cat([sh, basis], dim=1)
+
+    def exchange_features(self) -> List[int]:
+        """Widths of the hidden features after each block but the last (what ranks exchange)."""
+        return [block.irreps_out.dim for block in self.blocks][:-1]
+
+    def layer(self, t: int, z: torch.Tensor, features: torch.Tensor, receivers: torch.Tensor,
+              senders: torch.Tensor, species: torch.Tensor, n_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Block t alone for nodes [0, n_rows) (every edge's receiver is one of them), from the
+        features z of every node (t = 0: ignored, the species embedding is used): the block's
+        output and the energy terms (species terms in block 0, the readout in the last)."""
+        one_hot = nn.functional.one_hot(species[:n_rows], self.n_species).to(features.dtype)
+        if t == 0:
+            z = self.embedding(nn.functional.one_hot(species, self.n_species).to(features.dtype))
+        sh, basis = features[:, :self.sh_dim], features[:, self.sh_dim:]
+        out = z[:n_rows]
+        for k, block in enumerate(self.blocks):  # TorchScript indexes a ModuleList by constants only
+            if k == t:
+                out = block(z, sh, basis, receivers, senders, n_rows)
+        energy = out.new_zeros(n_rows)
+        if t == len(self.blocks) - 1:
+            energy = energy + self.readout(out).squeeze(-1)
+        if t == 0:
+            energy = energy + self.species_energy(one_hot).squeeze(-1)
+        return out, energy
