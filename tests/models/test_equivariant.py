@@ -17,7 +17,8 @@ from ekd.export import deploy, verify
 from ekd.models import Ensemble, build_model, model_from_spec, model_spec
 from ekd.models.equivariant import EdgeTensorProduct, EquivariantConfig, EquivariantPotential, hidden_irreps
 from tests.conftest import TOLERANCE
-from tests.models.test_hipnn import ELEMENTS, all_edges, energy, energy_on_two_ranks, molecule, random_rotation
+from tests.models.test_hipnn import (ELEMENTS, all_edges, assert_two_ranks_equal_forward, energy, molecule,
+                                     random_rotation)
 
 # Small but complete: l = 0, 1, 2 and three blocks, so the second block carries both parities
 # (1e and 2o appear there) and the third reads them.
@@ -366,13 +367,4 @@ def test_unknown_hyperparameter_is_refused() -> None:
 def test_layers_on_two_ranks_with_exchanged_features_equal_forward() -> None:
     """As for HIP-NN: the blocks run layer by layer on two ranks, with the hidden irreps features
     (scalars, vectors, ...) exchanged between them, give `forward`'s energy and forces in float64."""
-    model = make_model(torch.float64, n_interactions=3)
-    species, x = molecule(torch.float64, n=30, seed=3)
-    x = x.clone().requires_grad_(True)
-    total = energy_on_two_ranks(model, species, x, first=13)
-    (force,) = torch.autograd.grad(-total, x)
-    expected = energy(model, species, x)
-    (expected_force,) = torch.autograd.grad(-expected, x)
-    assert torch.allclose(total, expected, rtol=1e-13, atol=0)
-    assert torch.allclose(force, expected_force, rtol=0, atol=1e-12)
-    assert expected_force.abs().max() > 1e-3
+    assert_two_ranks_equal_forward(make_model(torch.float64, n_interactions=3), smallest_force=1e-3)
