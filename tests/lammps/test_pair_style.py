@@ -302,6 +302,7 @@ def with_metadata(path: Path, out: Path, module: torch.jit.ScriptModule | None =
     ("newer_format", "newer.pt has format_version 99 but this plugin reads format_version 1 only"),
     ("bad_exchange", "keyword 'exchange' needs a value: yes or no"),
     ("exchange_count", "odd.pt lists 2 exchange_features for 2 interaction.s.; expected 1"),
+    ("exchange_fraction", "odd.pt has exchange_features entry 2.5 in ekd.json; expected positive integers"),
     ("exchange_width", r"layer 0 of .*odd.pt gives features 8 per atom but ekd.json lists exchange_features\[0\] = 4"),
     ("exchange_without_layer", "odd.pt lists exchange_features in ekd.json but has no layer.. and edge_features.. methods"),
 ])
@@ -338,6 +339,8 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms,
         model = with_metadata(path, tmp_path / "newer.pt", format_version=99)
     elif case == "exchange_count":  # the 2-layer student exchanges one layer's features
         model = with_metadata(path, tmp_path / "odd.pt", exchange_features=[8, 8])
+    elif case == "exchange_fraction":
+        model = with_metadata(path, tmp_path / "odd.pt", exchange_features=[2.5])
     elif case == "exchange_width":  # its features have 8 columns
         model = with_metadata(path, tmp_path / "odd.pt", exchange_features=[4])
     elif case == "exchange_without_layer":  # a TorchScript file without layer()
