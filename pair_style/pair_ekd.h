@@ -5,7 +5,7 @@
    Steps, one member function each:
      settings()    pair_style ekd FILE [device ..] [heap ..] [exchange ..]: file, device, units
      coeff()       pair_coeff * * El1 El2 ...: load the model, read metadata, type map
-     init_style()  checks (newton, IDs), neighbour request, ghost cutoff
+     init_style()  checks (newton, IDs), exchange or ghost shell, neighbour request, ghost cutoff
      build_graph() nodes, species, directed edges within the cutoff
      call_model()  one TorchScript call: energy, atom_energy, edge_grad
      call_layers() several ranks, models with layer(): the layers one by one, their features
@@ -106,9 +106,9 @@ class PairEKD : public Pair {
   std::vector<float> edge_vec_f32;     // [E*3] when the model is float32
   std::vector<int> edge_i;             // [E] LAMMPS index of the receiver atom
   std::vector<int> edge_j;             // [E] LAMMPS index of the sender atom (maybe a ghost)
-  std::vector<int> node_atom;          // several ranks: node -> LAMMPS index
-  std::vector<int> node_hop;           // several ranks: graph distance from a local atom
-  std::vector<int> atom_node;          // several ranks: LAMMPS index -> node or -1
+  std::vector<int> node_atom;          // node -> LAMMPS index (local nodes: the atom itself)
+  std::vector<int> node_hop;           // ghost-shell path: graph distance from a local atom
+  std::vector<int> atom_node;          // LAMMPS index -> node or -1 (exchange: other ranks' atoms only)
   int n_nodes;
 
   // owner (local index) of every local and ghost atom (-1: owned by another rank), rebuilt on
