@@ -71,19 +71,18 @@ def verify(eager: torch.nn.Module, loaded: torch.jit.ScriptModule, model: Potent
             expected, got = list(expected) + list(eager.members(*args)), list(got) + list(loaded.members(*args))
             names += ["member energies", "member edge_grad"]
         for name, a, b in zip(names, expected, got):
-            scale = max(float(a.abs().max()), 1e-30) if a.numel() else 1.0
-            error = float((a - b).abs().max()) / scale if a.numel() else 0.0
-            if not math.isfinite(error) or error > tolerance:
-                raise ModelFileError(f"export check failed on sample structure {k}: {name} of the saved "
-                                     f"file differs from the eager model by {error:.3g} (relative), more than "
-                                     f"{tolerance:g}; nothing was written")
+            _check(k, f"{name} of the saved file differs from the eager model", a, b, tolerance)
         if hasattr(eager, "layer"):  # the layers chained must give forward's energies and gradients
             whole = eager(g.edge_vectors.to(dtype), g.receivers, g.senders, g.species, len(g.species))
             chained = chain_layers(loaded, model.num_interactions, g.edge_vectors.to(dtype), g.receivers,
                                    g.senders, g.species)
-            for name, a, b in zip(["layer-by-layer atom_energy", "layer-by-layer edge_grad"], whole[1:], chained):
-                error = float((a - b).abs().max()) / max(float(a.abs().max()), 1e-30) if a.numel() else 0.0
-                if not math.isfinite(error) or error > tolerance:
-                    raise ModelFileError(f"export check failed on sample structure {k}: {name} differs from "
-                                         f"forward by {error:.3g} (relative), more than {tolerance:g}; nothing "
-                                         "was written")
+            for name, a, b in zip(["atom_energy", "edge_grad"], whole[1:], chained):
+                _check(k, f"layer-by-layer {name} differs from forward", a, b, tolerance)
+
+
+def _check(k: int, what: str, expected: torch.Tensor, got: torch.Tensor, tolerance: float) -> None:
+    scale = max(float(expected.abs().max()), 1e-30) if expected.numel() else 1.0
+    error = float((expected - got).abs().max()) / scale if expected.numel() else 0.0
+    if not math.isfinite(error) or error > tolerance:
+        raise ModelFileError(f"export check failed on sample structure {k}: {what} by {error:.3g} (relative), "
+                             f"more than {tolerance:g}; nothing was written")

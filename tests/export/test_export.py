@@ -92,6 +92,25 @@ def test_verify_refuses_a_file_that_differs(tiny_run: Path) -> None:
         verify(deploy(student), torch.jit.script(deploy(other)), student, torch.float64)
 
 
+def test_verify_refuses_layers_that_differ_from_forward(tiny_run: Path) -> None:
+    """A file whose layer() chain misses the reference energies, while forward() is right."""
+    from typing import Tuple
+
+    from ekd.export.module import DeployedLayers
+
+    class LayersWithoutReference(DeployedLayers):
+        @torch.jit.export
+        def layer(self, t: int, z: torch.Tensor, edge_features: torch.Tensor, receivers: torch.Tensor,
+                  senders: torch.Tensor, species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor]:
+            z_next, energy = self.model.layer(t, z, edge_features, receivers, senders, species, n_local)
+            return z_next, energy.to(torch.float64)
+
+    student = load_model(tiny_run / "student/checkpoint.pt")
+    broken = torch.jit.script(LayersWithoutReference(student))
+    with pytest.raises(ModelFileError, match="sample structure 0: layer-by-layer atom_energy differs from forward"):
+        verify(deploy(student), broken, student, torch.float64)
+
+
 def test_export_cli_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert export_main([str(tiny_run), "--model", "teacher_9", "-o", str(tmp_path / "x.pt")]) == 2
     assert "no checkpoint for model 'teacher_9'" in capsys.readouterr().err
