@@ -9,35 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import Sequence
 
 import torch
 
-from ekd.errors import EkdError, ModelFileError
+from ekd.errors import EkdError
+from ekd.run_layout import checkpoints_for
 
 from .compile import export_model
-
-CHECKPOINT = "checkpoint.pt"
-
-
-def checkpoints_for(source: Path, model: str) -> List[Path]:
-    """The checkpoint(s) behind `--model` in a run directory, or `source` itself if it is a file."""
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise ModelFileError(f"{source}: neither a run directory nor a checkpoint file")
-    if model == "ensemble":
-        found = sorted((source / "teachers").glob(f"teacher_*/{CHECKPOINT}"),
-                       key=lambda p: int(p.parent.name.split("_")[1]))
-        if not found:
-            raise ModelFileError(f"{source}: no teacher checkpoints in {source / 'teachers'}")
-        return found
-    folder = source / "teachers" / model if model.startswith("teacher_") else source / model
-    path = folder / CHECKPOINT
-    if not path.exists():
-        raise ModelFileError(f"{source}: no checkpoint for model {model!r} (looked for {path})")
-    return [path]
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ekd.export", description=__doc__.split("\n\n")[0])
@@ -54,9 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EkdError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output}: {meta['model_kind']} ({meta['members']} member(s)), elements "
-          f"{' '.join(meta['elements'])}, cutoff {meta['cutoff']} Å, receptive field {meta['receptive_field']} Å, "
-          f"{meta['dtype']}; verified against the eager model")
+    print(f"wrote {args.output}: {meta.model_kind} ({meta.members} member(s)), elements "
+          f"{' '.join(meta.elements)}, cutoff {meta.cutoff} Å, receptive field {meta.receptive_field} Å, "
+          f"{meta.dtype}; verified against the eager model")
     return 0
 
 

@@ -7,7 +7,6 @@ float32) is renamed into place.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ from ekd.errors import ModelFileError
 from ekd.fileio import file_sha256
 from ekd.models import Ensemble, Potential, model_from_checkpoint, read_checkpoint
 
-from .metadata import METADATA_NAME, make_metadata
+from .metadata import METADATA_NAME, Metadata, make_metadata
 from .module import chain_layers, deploy
 from .samples import sample_graphs
 
@@ -39,7 +38,7 @@ def load_for_export(checkpoints: Sequence[Path], dtype: torch.dtype) -> tuple[Po
     return model, hashes, shortest if math.isfinite(shortest) else 0.0
 
 
-def export_model(checkpoints: Sequence[Path], out: Path, dtype: torch.dtype = torch.float64) -> dict:
+def export_model(checkpoints: Sequence[Path], out: Path, dtype: torch.dtype = torch.float64) -> Metadata:
     """Export one checkpoint, or several as an ensemble, to `out`; returns the metadata."""
     if not checkpoints:
         raise ModelFileError("nothing to export: no checkpoint given")
@@ -51,7 +50,7 @@ def export_model(checkpoints: Sequence[Path], out: Path, dtype: torch.dtype = to
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_NAME: json.dumps(metadata)})
+        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_NAME: metadata.to_json()})
         verify(eager, torch.jit.load(str(tmp)), model, dtype)
         os.replace(tmp, out)
     finally:

@@ -1,9 +1,15 @@
-"""The metadata stored in every exported file (`ekd.json` in `_extra_files`, CONTRACT.md §3)."""
+"""The metadata stored in every exported file (`ekd.json` in `_extra_files`, CONTRACT.md §3).
+
+`Metadata` names every key once: the exporter writes its fields, every Python reader gets them
+back as attributes (the C++ reader is `pair_style/`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -20,56 +26,101 @@ FORMAT = "ekd-potential"
 FORMAT_VERSION = 1
 
 
+@dataclass(frozen=True)
+class Metadata:
+    """What an exported file says about its model (CONTRACT.md §3 gives each key's meaning)."""
+
+    model_kind: str
+    elements: List[str]
+    cutoff: float
+    dtype: str
+    num_interactions: int = 1
+    receptive_field: float = 0.0
+    energy_unit: str = "eV"
+    length_unit: str = "Angstrom"
+    min_distance: float = 0.0               # absent in the oldest files: no close-contact check
+    reference_energies: Dict[str, float] = field(default_factory=dict)
+    hyperparameters: Dict[str, Any] = field(default_factory=dict)
+    members: int = 1
+    exchange_features: List[int] = field(default_factory=list)   # absent in older files: no layer()
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.model_kind == "ensemble"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def to_json(self) -> str:
+        fields = dataclasses.asdict(self)
+        head = {"format": fields.pop("format"), "format_version": fields.pop("format_version")}
+        return json.dumps({**head, **fields})
+
+    @classmethod
+    def from_json(cls, text: str | bytes, path: Path) -> "Metadata":
+        """The metadata of the file at `path`, checked; errors name the file and the key."""
+        if not text:
+            raise ModelFileError(f"{path}: a TorchScript file but not an ekd model (no {METADATA_NAME})")
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ModelFileError(f"{path}: {METADATA_NAME} is not valid JSON ({err})") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ModelFileError(f"{path}: not an ekd model ({METADATA_NAME} has no format '{FORMAT}')")
+        if int(raw.get("format_version", 0)) > FORMAT_VERSION:
+            raise ModelFileError(f"{path}: format version {raw['format_version']} is newer than this ekd "
+                                 f"reads ({FORMAT_VERSION}); upgrade ekd")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [f.name for f in known.values()
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and f.name not in raw]
+        if missing:
+            raise ModelFileError(f"{path}: {METADATA_NAME} lacks the key(s) {', '.join(missing)}")
+        # Keys a newer writer added are ignored, as the pair style ignores them.
+        values = {k: v for k, v in raw.items() if k in known}
+        try:
+            metadata = cls(**values)
+            _check_types(metadata)
+        except (TypeError, ValueError) as err:
+            raise ModelFileError(f"{path}: {METADATA_NAME}: {err}") from None
+        return metadata
+
+
+def _check_types(metadata: Metadata) -> None:
+    """Refuse values of the wrong type, naming the key (a str where a number belongs, ...)."""
+    numbers = ("cutoff", "receptive_field", "min_distance")
+    for key in numbers:
+        value = getattr(metadata, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"key {key} must be a number, got {value!r}")
+    if not isinstance(metadata.elements, list) or not all(isinstance(e, str) for e in metadata.elements):
+        raise ValueError(f"key elements must be a list of element symbols, got {metadata.elements!r}")
+    if metadata.dtype not in ("float32", "float64"):
+        raise ValueError(f"key dtype must be float32 or float64, got {metadata.dtype!r}")
+    if not metadata.cutoff > 0:
+        raise ValueError(f"key cutoff must be positive, got {metadata.cutoff!r}")
+
+
 def make_metadata(model: Potential, dtype: torch.dtype, checkpoint_sha256: List[str],
-                  min_distance: float) -> Dict[str, Any]:
+                  min_distance: float) -> Metadata:
     from ase.data import chemical_symbols
 
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_kind": "ensemble" if isinstance(model, Ensemble) else model.kind,
-        "elements": [chemical_symbols[z] for z in model.elements],
-        "cutoff": float(model.cutoff),
-        "num_interactions": int(model.num_interactions),
-        "receptive_field": float(model.cutoff * model.num_interactions),
-        "energy_unit": "eV",
-        "length_unit": "Angstrom",
-        "dtype": str(dtype).replace("torch.", ""),
-        "min_distance": float(min_distance),
-        "reference_energies": {chemical_symbols[z]: float(v)
-                               for z, v in zip(model.elements, model.reference_energies)},
-        "hyperparameters": model.hyperparameters(),
-        "members": len(model.members) if isinstance(model, Ensemble) else 1,
-        "exchange_features": exchange_features(model),
-        "provenance": {"checkpoint_sha256": list(checkpoint_sha256), "ekd_version": ekd.__version__,
-                       "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
-    }
-
-
-def read_metadata(path: Path) -> Dict[str, Any]:
-    """Metadata of an exported file, checked; errors name the file and the problem."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"model file not found: {path}")
-    extra = {METADATA_NAME: ""}
-    try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as err:  # torch raises RuntimeError or ValueError for non-TorchScript files
-        raise ModelFileError(f"{path}: not a TorchScript file ({type(err).__name__})") from None
-    del module
-    return parse_metadata(extra[METADATA_NAME], path)
-
-
-def parse_metadata(text: str | bytes, path: Path) -> Dict[str, Any]:
-    if not text:
-        raise ModelFileError(f"{path}: a TorchScript file but not an ekd model (no {METADATA_NAME})")
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ModelFileError(f"{path}: {METADATA_NAME} is not valid JSON ({err})") from None
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not an ekd model ({METADATA_NAME} has no format '{FORMAT}')")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelFileError(f"{path}: format version {meta['format_version']} is newer than this ekd "
-                             f"reads ({FORMAT_VERSION}); upgrade ekd")
-    return meta
+    return Metadata(
+        model_kind="ensemble" if isinstance(model, Ensemble) else model.kind,
+        elements=[chemical_symbols[z] for z in model.elements],
+        cutoff=float(model.cutoff),
+        num_interactions=int(model.num_interactions),
+        receptive_field=float(model.cutoff * model.num_interactions),
+        dtype=str(dtype).replace("torch.", ""),
+        min_distance=float(min_distance),
+        reference_energies={chemical_symbols[z]: float(v) for z, v in zip(model.elements, model.reference_energies)},
+        hyperparameters=model.hyperparameters(),
+        members=len(model.members) if isinstance(model, Ensemble) else 1,
+        exchange_features=exchange_features(model),
+        provenance={"checkpoint_sha256": list(checkpoint_sha256), "ekd_version": ekd.__version__,
+                    "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
+    )

@@ -11,7 +11,6 @@ spread of member forces) in `calc.results`.
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any, Dict, List, Optional
 
@@ -30,32 +29,16 @@ class EKDCalculator(Calculator):
 
     def __init__(self, model_path: str, device: str = "cpu", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from ekd.export import METADATA_NAME, parse_metadata
+        from ekd.export import load_exported
 
-        extra = {METADATA_NAME: ""}
-        try:
-            self.module = torch.jit.load(str(model_path), map_location=device, _extra_files=extra)
-        except Exception as err:
-            if not os.path.exists(model_path):
-                raise ModelFileError(f"model file not found: {model_path}") from None
-            raise ModelFileError(f"{model_path}: not a TorchScript file ({type(err).__name__})") from None
-        self.metadata = parse_metadata(extra[METADATA_NAME], model_path)
+        self.model = load_exported(model_path, device)
+        self.metadata = self.model.metadata
         self.model_path = str(model_path)
-        self.device = torch.device(device)
-        self.dtype = getattr(torch, self.metadata["dtype"])
-        self.cutoff = float(self.metadata["cutoff"])
-        self.elements: List[str] = list(self.metadata["elements"])
-        self.is_ensemble = self.metadata["model_kind"] == "ensemble"
+        self.device = self.model.device
+        self.cutoff = self.metadata.cutoff
+        self.elements: List[str] = self.model.elements
+        self.is_ensemble = self.metadata.is_ensemble
         self._warned_close_contact = False
-
-    def _species(self, symbols: List[str]) -> torch.Tensor:
-        unknown = sorted(set(symbols) - set(self.elements))
-        if unknown:
-            first = next(i for i, s in enumerate(symbols) if s in unknown)
-            raise ModelFileError(f"atom {first} is {symbols[first]}, an element the model {self.model_path} "
-                                 f"does not know (it knows {' '.join(self.elements)})")
-        index = {s: k for k, s in enumerate(self.elements)}
-        return torch.tensor([index[s] for s in symbols], dtype=torch.long, device=self.device)
 
     def _graph(self, atoms: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cell = np.asarray(atoms.cell)
@@ -68,7 +51,7 @@ class EKDCalculator(Calculator):
         return i, j, vectors
 
     def _warn_close_contacts(self, vectors: np.ndarray) -> None:
-        limit = float(self.metadata.get("min_distance", 0.0))
+        limit = self.metadata.min_distance
         if self._warned_close_contact or not limit or not len(vectors):
             return
         shortest = float(np.linalg.norm(vectors, axis=1).min())
@@ -82,37 +65,25 @@ class EKDCalculator(Calculator):
                   system_changes: List[str] = all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
         atoms = self.atoms
-        species = self._species(atoms.get_chemical_symbols())
+        species = self.model.species_index(atoms.get_chemical_symbols())
         i, j, vectors = self._graph(atoms)
         self._warn_close_contacts(vectors)
-        receivers = torch.as_tensor(i, dtype=torch.long, device=self.device)
-        senders = torch.as_tensor(j, dtype=torch.long, device=self.device)
-        edge_vectors = torch.as_tensor(vectors, dtype=self.dtype, device=self.device)
-        n = len(atoms)
-        energy, atom_energy, edge_grad = self.module(edge_vectors, receivers, senders, species, n)
-        grad = edge_grad.detach().double().cpu().numpy()
-        forces = np.zeros((n, 3))
-        np.add.at(forces, i, grad)
-        np.add.at(forces, j, -grad)
-        results: Dict[str, Any] = {"energy": float(energy), "free_energy": float(energy),
-                                   "energies": atom_energy.detach().cpu().numpy()[:n], "forces": forces}
+        graph = (torch.as_tensor(vectors), torch.as_tensor(i, dtype=torch.long, device=self.device),
+                 torch.as_tensor(j, dtype=torch.long, device=self.device), species, len(atoms))
+        out = self.model.evaluate(*graph)
+        results: Dict[str, Any] = {"energy": out.energy, "free_energy": out.energy,
+                                   "energies": out.atom_energy.numpy(), "forces": out.forces.numpy()}
         if atoms.pbc.all():
-            virial = -np.einsum("ea,eb->ab", vectors, grad)
-            stress = -virial / atoms.get_volume()
+            stress = -out.virial.numpy() / atoms.get_volume()
             results["stress"] = stress.reshape(9)[[0, 4, 8, 5, 2, 1]]
         if self.is_ensemble:
-            results.update(self._spread(edge_vectors, receivers, senders, species, n, i, j))
+            results.update(self._spread(*graph))
         self.results = results
 
-    def _spread(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
-                species: torch.Tensor, n: int, i: np.ndarray, j: np.ndarray) -> Dict[str, Any]:
-        energies, grads = self.module.members(edge_vectors, receivers, senders, species, n)
-        grads = grads.detach().double().cpu().numpy()
-        member_forces = np.zeros((grads.shape[0], n, 3))
-        for m in range(grads.shape[0]):
-            np.add.at(member_forces[m], i, grads[m])
-            np.add.at(member_forces[m], j, -grads[m])
-        mean = member_forces.mean(axis=0)
-        return {"energy_std": float(energies.detach().std(unbiased=False)),
-                "forces_std": np.sqrt(np.mean(np.sum((member_forces - mean) ** 2, axis=-1), axis=0)),
-                "member_energies": energies.detach().cpu().numpy(), "member_forces": member_forces}
+    def _spread(self, *graph: Any) -> Dict[str, Any]:
+        members = self.model.evaluate_members(*graph)
+        forces = members.forces.numpy()
+        mean = forces.mean(axis=0)
+        return {"energy_std": float(members.energies.std(unbiased=False)),
+                "forces_std": np.sqrt(np.mean(np.sum((forces - mean) ** 2, axis=-1), axis=0)),
+                "member_energies": members.energies.numpy(), "member_forces": forces}

@@ -1,12 +1,5 @@
-"""A run directory: its layout, its saved config, and the prepared data every stage shares.
-
-    <out>/config.toml          the resolved configuration (a later invocation must match it)
-    <out>/split.json           train/val/test conformation indices
-    <out>/references.json      per-element reference energies (eV)
-    <out>/teachers/teacher_k/  checkpoint.pt, metrics.jsonl
-    <out>/labels.h5            the teachers' labels (see ekd.distill.labels)
-    <out>/student/, baseline/  checkpoint.pt, metrics.jsonl
-    <out>/summary.json, summary.md, plots/*.png
+"""A run directory with its saved config and the prepared data every stage shares; its paths
+come from `ekd.run_layout.RunLayout`.
 
 Under torchrun, rank 0 writes config.toml, split.json and references.json and the other ranks
 read them (`write=False`); with `shard=(rank, world_size)` an HDF5 data set is read in
@@ -30,13 +23,13 @@ from .data import (AtomsData, GraphData, ReadReport, describe, fit_reference_ene
 from .data.sharded import HDF5Source, Holding, balanced_ranges, is_hdf5, neighbor_pairs_in_chunks
 from .errors import ConfigError, DataError
 from .fileio import atomic_write_text
+from .run_layout import RunLayout
 
 
 @dataclass
-class RunDirectory:
-    """Paths of a run and its prepared data (read once per invocation)."""
+class RunDirectory(RunLayout):
+    """A run's paths (RunLayout) and its prepared data (read once per invocation)."""
 
-    root: Path
     config: RunConfig
     data: AtomsData
     split: Dict[str, np.ndarray]
@@ -49,22 +42,6 @@ class RunDirectory:
     rank: int = 0                           # this process's rank under torchrun
     _graphs: Dict[float, GraphData] = field(default_factory=dict)
     _fingerprint: str = ""
-
-    # ---- layout ----------------------------------------------------------------------------
-    def teacher_dir(self, k: int) -> Path:
-        return self.root / "teachers" / f"teacher_{k}"
-
-    @property
-    def labels_path(self) -> Path:
-        return self.root / "labels.h5"
-
-    @property
-    def student_dir(self) -> Path:
-        return self.root / "student"
-
-    @property
-    def baseline_dir(self) -> Path:
-        return self.root / "baseline"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -121,26 +98,27 @@ def open_run(root: Path, config: RunConfig, progress: bool = True, write: bool =
     rank 0 — wrote them). shard=(rank, world_size): read an HDF5 data set in shards, holding
     only this rank's block of conformations (other formats are read whole)."""
     root = Path(root)
+    layout = RunLayout(root)
     if write:
         root.mkdir(parents=True, exist_ok=True)
-    _check_or_save_config(root, config, write)
+    _check_or_save_config(layout, config, write)
     report = ReadReport()
     if shard is not None and is_hdf5(config.data):
-        return _open_sharded(root, config, progress, write, shard, report)
+        return _open_sharded(layout, config, progress, write, shard, report)
     data = read_data(config.data, report)
     log = [describe(data)]
     if report.skipped_nan_energy:
         log.append(f"skipped {report.skipped_nan_energy} conformations whose energy is NaN")
-    split = _split(root, data, config, write)
+    split = _split(layout, data, config, write)
     log.append("split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
     elements = data.elements
-    references = _references(root, elements, config, write, data.source,
+    references = _references(layout, elements, config, write, data.source,
                              lambda: fit_reference_energies(data.subset(split["train"]), elements))
     return RunDirectory(root=root, config=config, data=data, split=split, elements=elements,
                         references=references, progress=progress, log=log)
 
 
-def _open_sharded(root: Path, config: RunConfig, progress: bool, write: bool, shard: Tuple[int, int],
+def _open_sharded(layout: RunLayout, config: RunConfig, progress: bool, write: bool, shard: Tuple[int, int],
                   report: ReadReport) -> RunDirectory:
     """The run with only this rank's conformations in memory; split and references come from
     the file's index (sizes and energies), so they are those of a whole-file read."""
@@ -149,21 +127,21 @@ def _open_sharded(root: Path, config: RunConfig, progress: bool, write: bool, sh
     log = [source.describe()]
     if report.skipped_nan_energy:
         log.append(f"skipped {report.skipped_nan_energy} conformations whose energy is NaN")
-    split = _split(root, source, config, write)  # type: ignore[arg-type]  (the index has len, has_forces, source)
+    split = _split(layout, source, config, write)  # type: ignore[arg-type]  (the index has len, has_forces, source)
     log.append("split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
     elements = source.elements
-    references = _references(root, elements, config, write, source.source,
+    references = _references(layout, elements, config, write, source.source,
                              lambda: source.fit_reference_energies(split["train"], elements))
     start, stop = balanced_ranges(source.n_atoms, world_size)[rank]
     data = source.read(start, stop)
     log.append(f"{world_size} ranks, each holding about {len(source) // world_size} conformations")
-    return RunDirectory(root=root, config=config, data=data, split=split, elements=elements,
+    return RunDirectory(root=layout.root, config=config, data=data, split=split, elements=elements,
                         references=references, progress=progress, log=log,
                         holding=Holding(start, stop, len(source)), source=source)
 
 
-def _check_or_save_config(root: Path, config: RunConfig, write: bool = True) -> None:
-    path = root / "config.toml"
+def _check_or_save_config(layout: RunLayout, config: RunConfig, write: bool = True) -> None:
+    path = layout.config_path
     text = config_to_toml(config)
     if not path.exists() and not write:
         raise ConfigError(f"{path} is missing (rank 0 writes it before the other ranks read it)")
@@ -195,8 +173,8 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
     return ""
 
 
-def _split(root: Path, data: AtomsData, config: RunConfig, write: bool = True) -> Dict[str, np.ndarray]:
-    path = root / "split.json"
+def _split(layout: RunLayout, data: AtomsData, config: RunConfig, write: bool = True) -> Dict[str, np.ndarray]:
+    path = layout.split_path
     if path.exists() or not write:
         return load_split(path, len(data))
     split = make_split(data, config.split)
@@ -204,12 +182,12 @@ def _split(root: Path, data: AtomsData, config: RunConfig, write: bool = True) -
     return split
 
 
-def _references(root: Path, elements: List[int], config: RunConfig, write: bool, source: str,
+def _references(layout: RunLayout, elements: List[int], config: RunConfig, write: bool, source: str,
                 fit: Callable[[], np.ndarray]) -> np.ndarray:
     """The saved reference energies, else fixed ones or `fit()` (least squares on the training split)."""
     from ase.data import atomic_numbers, chemical_symbols
 
-    path = root / "references.json"
+    path = layout.references_path
     if path.exists() or not write:
         saved = json.loads(path.read_text())
         return np.array([saved[chemical_symbols[z]] for z in elements])

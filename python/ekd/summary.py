@@ -21,16 +21,16 @@ from .fileio import atomic_write_text
 from .evaluation import mean_prediction, parity_plots, split_metrics
 from .models import count_parameters, load_model
 from .run_directory import RunDirectory
-from .training import CHECKPOINT_NAME, Predictions, predict_all, read_checkpoint
+from .run_layout import BASELINE, STUDENT, teacher_name
+from .training import Predictions, predict_all, read_checkpoint
 
 
 def trained_models(run: RunDirectory) -> Dict[str, Path]:
     """Finished checkpoints of the run, by model name, in summary order."""
     found: Dict[str, Path] = {}
-    candidates = [(f"teacher_{k}", run.teacher_dir(k)) for k in range(run.config.teachers.count)]
-    candidates += [("baseline", run.baseline_dir), ("student", run.student_dir)]
-    for name, folder in candidates:
-        path = folder / CHECKPOINT_NAME
+    names = [teacher_name(k) for k in range(run.config.teachers.count)] + [BASELINE, STUDENT]
+    for name in names:
+        path = run.checkpoint(name)
         if path.exists() and read_checkpoint(path).get("finished"):
             found[name] = path
     return found
@@ -80,7 +80,7 @@ def write_summary(run: RunDirectory) -> str:
               for name, by_split in predictions.items()}
     training = {name: {**_training_info(path), "parameters": parameters[name]}
                 for name, path in checkpoints.items()}
-    plots_dir = run.root / "plots"
+    plots_dir = run.plots_dir
     plot_paths = {}
     for split in ("test", "val"):
         if predictions and split in next(iter(predictions.values())):
@@ -95,9 +95,9 @@ def write_summary(run: RunDirectory) -> str:
                          "student_over_baseline_energy_rmse_test": _ratio(models, "energy_rmse")},
         "plots": plot_paths,
     }
-    atomic_write_text(run.root / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(run.summary_json, json.dumps(summary, indent=1))
     table = markdown_table(summary)
-    atomic_write_text(run.root / "summary.md", table)
+    atomic_write_text(run.summary_md, table)
     return table
 
 

@@ -43,7 +43,8 @@ from .models import Potential, build_model, count_parameters, load_model
 from .run_directory import RunDirectory, open_run
 from .summary import write_summary
 from .fileio import file_sha256
-from .training import CHECKPOINT_NAME, TrainConfig, Trainer, read_checkpoint
+from .run_layout import BASELINE, STUDENT, RunLayout, teacher_name
+from .training import TrainConfig, Trainer, read_checkpoint
 from .training.distributed import Context, DistributedTrainer, from_environment
 
 STAGES = ("teachers", "label", "student", "summary", "all")
@@ -62,7 +63,7 @@ def train_teachers(run: RunDirectory, resume: bool, dist: Optional[Context] = No
         if settings.bootstrap:
             train_ids = np.sort(np.random.default_rng(seed).choice(train_ids, size=len(train_ids)))
         model = new_model(run, kind, hyperparameters, seed)
-        fit(run, model, train_ids, settings.train, run.teacher_dir(k), seed, f"teacher_{k}", resume, dist=dist)
+        fit(run, model, train_ids, settings.train, teacher_name(k), seed, resume, dist=dist)
     if dist is not None:
         dist.wait_for_all("teachers")
 
@@ -150,14 +151,12 @@ def train_student(run: RunDirectory, resume: bool, dist: Optional[Context] = Non
         "atom_energy": labels.atom_energy_mean - student_atom_references,
     })
     if mine(run, dist, 0):
-        fit(run, model, run.split["train"], settings.train, run.student_dir, seed, "student", resume, graph=distilled,
-            dist=dist)
+        fit(run, model, run.split["train"], settings.train, STUDENT, seed, resume, graph=distilled, dist=dist)
     if run.config.baseline.enabled and mine(run, dist, 1):
         baseline_settings = TrainConfig(**{**settings.train.__dict__, "forces_weight": 0.0,
                                            "atom_energy_weight": 0.0})
         baseline = new_model(run, settings.kind, settings.model, seed)
-        fit(run, baseline, run.split["train"], baseline_settings, run.baseline_dir, seed, "baseline", resume,
-            dist=dist)
+        fit(run, baseline, run.split["train"], baseline_settings, BASELINE, seed, resume, dist=dist)
     if dist is not None:
         dist.wait_for_all("student")
 
@@ -172,12 +171,12 @@ def new_model(run: RunDirectory, kind: str, hyperparameters: dict, seed: int) ->
     return model.to(run.dtype).to(run.config.run.device)
 
 
-def fit(run: RunDirectory, model: Potential, train_ids: np.ndarray, settings: TrainConfig, out: Path,
-        seed: int, name: str, resume: bool, graph=None, dist: Optional[Context] = None) -> None:
-    """Train `model` into `out`, reusing a finished checkpoint and resuming an unfinished one.
+def fit(run: RunDirectory, model: Potential, train_ids: np.ndarray, settings: TrainConfig, name: str,
+        seed: int, resume: bool, graph=None, dist: Optional[Context] = None) -> None:
+    """Train `model` into the run's folder for `name`, reusing a finished checkpoint and resuming an unfinished one.
     Under torchrun with parallel = "data" every rank takes part (DistributedDataParallel);
     with "teachers" the calling rank trains the model alone."""
-    checkpoint = out / CHECKPOINT_NAME
+    out, checkpoint = run.model_dir(name), run.checkpoint(name)
     together = dist is not None and run.config.run.parallel == "data"
 
     def status() -> tuple[str, bool]:
@@ -216,9 +215,9 @@ def teacher_checkpoints(run: RunDirectory) -> List[Path]:
     """Checkpoints of every teacher, refusing to go on with unfinished ones."""
     paths = []
     for k in range(run.config.teachers.count):
-        path = run.teacher_dir(k) / CHECKPOINT_NAME
+        path = run.checkpoint(teacher_name(k))
         if not path.exists() or not read_checkpoint(path).get("finished"):
-            raise EkdError(f"teacher_{k} is not trained yet ({path}); run the 'teachers' stage first")
+            raise EkdError(f"{teacher_name(k)} is not trained yet ({path}); run the 'teachers' stage first")
         paths.append(path)
     return paths
 
@@ -255,7 +254,8 @@ def on_main(dist: Optional[Context], work: Callable[[], Any]) -> Any:
 def adopt_teachers(source: Path, config: RunConfig, out: Path) -> None:
     """Copy another run's finished teachers (and labels) into `out`, if that run used the same
     data, split, references and teacher settings; the label and summary stages check hashes."""
-    saved_path = Path(source) / "config.toml"
+    theirs, ours = RunLayout(Path(source)), RunLayout(Path(out))
+    saved_path = theirs.config_path
     if not saved_path.exists():
         raise EkdError(f"--teachers-from {source}: not a run directory (no config.toml)")
     saved, current = tomllib.loads(saved_path.read_text()), tomllib.loads(config_to_toml(config))
@@ -263,11 +263,11 @@ def adopt_teachers(source: Path, config: RunConfig, out: Path) -> None:
         if saved.get(table) != current.get(table):
             raise EkdError(f"--teachers-from {source}: its [{table}] differs from this config's; its teachers "
                            "would not be the ones this run asks for")
-    if (Path(out) / "teachers").exists():
+    if ours.teachers_dir.exists():
         raise EkdError(f"--teachers-from: {out} already has teachers")
-    shutil.copytree(Path(source) / "teachers", Path(out) / "teachers")
-    if (Path(source) / "labels.h5").exists():
-        shutil.copy2(Path(source) / "labels.h5", Path(out) / "labels.h5")
+    shutil.copytree(theirs.teachers_dir, ours.teachers_dir)
+    if theirs.labels_path.exists():
+        shutil.copy2(theirs.labels_path, ours.labels_path)
     print(f"reusing the teachers of {source}", flush=True)
 
 

@@ -63,15 +63,15 @@ def test_exported_file_equals_training_model(tiny_run: Path, exported: dict, mod
 
 def test_metadata(tiny_run: Path, exported: dict) -> None:
     meta = read_metadata(exported["teacher_0_float32"])
-    assert meta["format"] == "ekd-potential" and meta["format_version"] == 1
-    assert meta["elements"] == list(json.loads((tiny_run / "references.json").read_text()))
-    assert meta["dtype"] == "float32" and meta["num_interactions"] == 2
-    assert meta["receptive_field"] == pytest.approx(2 * meta["cutoff"])
-    assert meta["energy_unit"] == "eV" and meta["length_unit"] == "Angstrom"
-    assert meta["min_distance"] > 0.5
-    assert len(meta["provenance"]["checkpoint_sha256"][0]) == 64
+    assert meta.format == "ekd-potential" and meta.format_version == 1
+    assert meta.elements == list(json.loads((tiny_run / "references.json").read_text()))
+    assert meta.dtype == "float32" and meta.num_interactions == 2
+    assert meta.receptive_field == pytest.approx(2 * meta.cutoff)
+    assert meta.energy_unit == "eV" and meta.length_unit == "Angstrom"
+    assert meta.min_distance > 0.5
+    assert len(meta.provenance["checkpoint_sha256"][0]) == 64
     ensemble = read_metadata(exported["ensemble_float64"])
-    assert ensemble["model_kind"] == "ensemble" and ensemble["members"] == 2
+    assert ensemble.model_kind == "ensemble" and ensemble.members == 2
 
 
 def test_ensemble_members_average_to_the_mean(exported: dict) -> None:
@@ -135,6 +135,37 @@ def test_read_metadata_errors(tmp_path: Path, exported: dict) -> None:
     newer = tmp_path / "newer.pt"
     meta = read_metadata(exported["student_float64"])
     torch.jit.save(torch.jit.load(str(exported["student_float64"])), str(newer),
-                   _extra_files={METADATA_NAME: json.dumps({**meta, "format_version": 99})})
+                   _extra_files={METADATA_NAME: json.dumps({**json.loads(meta.to_json()), "format_version": 99})})
     with pytest.raises(ModelFileError, match="format version 99 is newer"):
         read_metadata(newer)
+
+
+def _with_metadata(tmp_path: Path, source: Path, name: str, text: str) -> Path:
+    """A copy of an exported file whose ekd.json is `text`."""
+    path = tmp_path / name
+    torch.jit.save(torch.jit.load(str(source)), str(path), _extra_files={METADATA_NAME: text})
+    return path
+
+
+def test_metadata_errors_name_the_key(tmp_path: Path, exported: dict) -> None:
+    source = exported["student_float64"]
+    good = json.loads(read_metadata(source).to_json())
+    missing = {k: v for k, v in good.items() if k != "cutoff"}
+    with pytest.raises(ModelFileError, match="lacks the key.* cutoff"):
+        read_metadata(_with_metadata(tmp_path, source, "missing.pt", json.dumps(missing)))
+    with pytest.raises(ModelFileError, match="key cutoff must be a number, got 'five'"):
+        read_metadata(_with_metadata(tmp_path, source, "str.pt", json.dumps({**good, "cutoff": "five"})))
+    with pytest.raises(ModelFileError, match="key dtype must be float32 or float64"):
+        read_metadata(_with_metadata(tmp_path, source, "dtype.pt", json.dumps({**good, "dtype": "int8"})))
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        read_metadata(_with_metadata(tmp_path, source, "json.pt", json.dumps(good)[:-3]))
+
+
+def test_older_metadata_still_loads(tmp_path: Path, exported: dict) -> None:
+    """Files written before min_distance and exchange_features existed load with their defaults,
+    and keys a newer writer may add are ignored."""
+    source = exported["student_float64"]
+    good = json.loads(read_metadata(source).to_json())
+    old = {k: v for k, v in good.items() if k not in ("min_distance", "exchange_features")}
+    meta = read_metadata(_with_metadata(tmp_path, source, "old.pt", json.dumps({**old, "future_key": 1})))
+    assert meta.min_distance == 0.0 and meta.exchange_features == [] and meta.cutoff == good["cutoff"]

@@ -62,7 +62,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def export_run_models(run: Path, names: List[str], out: Path, dtype: str) -> Dict[str, Path]:
     """Export the named models of a run (reusing files newer than their checkpoints)."""
     from ekd.export import export_model
-    from ekd.export.__main__ import checkpoints_for
+    from ekd.run_layout import checkpoints_for
 
     files = {}
     for name in names:
@@ -82,15 +82,16 @@ def run_models_and_molecules(args: argparse.Namespace) -> tuple[Dict[str, Path],
     if len(args.source) == 1 and source.is_dir():
         from ekd.config import load_config
         from ekd.data import read_data
+        from ekd.run_layout import ENSEMBLE, STUDENT, RunLayout
 
-        if not (source / "config.toml").exists():
+        layout = RunLayout(source)
+        if not layout.config_path.exists():
             raise EkdError(f"{source}: not a run directory (no config.toml)")
-        teachers = sorted(p.name for p in (source / "teachers").glob("teacher_*"))
-        names = args.models.split(",") if args.models else ["student", *teachers, "ensemble"]
+        names = args.models.split(",") if args.models else [STUDENT, *layout.teacher_names(), ENSEMBLE]
         out = args.out or source / "bench"
         files = export_run_models(source, names, out, args.dtype)
-        molecules = representative_molecules(read_data(load_config(source / "config.toml").data))
-        summary_path = source / "summary.json"
+        molecules = representative_molecules(read_data(load_config(layout.config_path).data))
+        summary_path = layout.summary_json
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"models": {}}
         accuracy = {n: summary["models"].get(n, {}).get("test", {}) for n in names}
         return files, molecules, accuracy, out
@@ -120,10 +121,10 @@ def benchmark(args: argparse.Namespace) -> int:
 
     files, molecules, accuracy, out = run_models_and_molecules(args)
     metadata = {name: read_metadata(path) for name, path in files.items()}
-    elements = list(next(iter(metadata.values()))["elements"])
+    elements = list(next(iter(metadata.values())).elements)
     for name, meta in metadata.items():
-        if set(meta["elements"]) != set(elements):
-            raise EkdError(f"{files[name]} knows elements {meta['elements']}, other models {elements}: "
+        if set(meta.elements) != set(elements):
+            raise EkdError(f"{files[name]} knows elements {meta.elements}, other models {elements}: "
                            "benchmark models of the same elements")
     sizes = [int(s) for s in args.sizes.split(",")]
     rank_counts = [int(r) for r in args.ranks.split(",")]
@@ -132,7 +133,7 @@ def benchmark(args: argparse.Namespace) -> int:
     atoms_per_set = sum(len(m) for m in molecules)
     base = base_box(molecules, copies=max(1, min(120, min(sizes)) // atoms_per_set), density=args.density)
     boxes = {size: box_of_size(base, size) for size in sizes}
-    largest_cutoff = max(float(m["cutoff"]) for m in metadata.values())
+    largest_cutoff = max(m.cutoff for m in metadata.values())
     for size, box in boxes.items():
         edge = float(min(box.cell.lengths()))
         if edge < largest_cutoff + SKIN:

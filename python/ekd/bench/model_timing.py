@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..export import graph_of, read_metadata
+from ..export import graph_of, load_exported
 
 
 def keep_tensor_memory() -> None:
@@ -43,16 +43,15 @@ def keep_tensor_memory() -> None:
 
 def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup: int = 2) -> float:
     """Median seconds per call of the exported model on `atoms`."""
-    metadata = read_metadata(model)
     keep_tensor_memory()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        module = torch.jit.load(str(model))
-        index = {s: k for k, s in enumerate(metadata["elements"])}
-        species = np.array([index[s] for s in atoms.get_chemical_symbols()])
-        g = graph_of(species, atoms.positions, float(metadata["cutoff"]), np.asarray(atoms.cell))
-        args = (g.edge_vectors.to(getattr(torch, metadata["dtype"])), g.receivers, g.senders, g.species, g.n_local)
+        exported = load_exported(model)
+        module, metadata = exported.module, exported.metadata
+        species = exported.species_index(atoms.get_chemical_symbols()).numpy()
+        g = graph_of(species, atoms.positions, metadata.cutoff, np.asarray(atoms.cell))
+        args = (g.edge_vectors.to(metadata.torch_dtype), g.receivers, g.senders, g.species, g.n_local)
         with torch.jit.optimized_execution(False):
             for _ in range(warmup):
                 module(*args)

@@ -43,6 +43,7 @@ from .error_metrics import (
     relative_to_group_mean,
     uncertainty_metrics,
 )
+from ..export import model_names
 from .force_sign import (
     TRAJECTORY_STEP,
     SignCheck,
@@ -54,7 +55,6 @@ from .model_outputs import (
     check_elements,
     ensemble_of,
     evaluate_model,
-    model_names,
     open_model,
 )
 

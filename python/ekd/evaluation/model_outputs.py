@@ -6,7 +6,6 @@ through `predict_all`. Every model yields the same `ModelOutput`."""
 from __future__ import annotations
 
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -16,6 +15,7 @@ import torch
 
 from ..data import AtomsData, GraphData, neighbor_pairs
 from ..errors import DataError, EkdError, ModelFileError
+from ..export import is_exported, load_exported
 
 # ---- -----------------------------------------------------------------------------------
 
@@ -52,17 +52,7 @@ class ModelFile:
     elements: List[int]
     kind: str
     members: int = 1
-    module: Any = None       # the loaded TorchScript module or eager model
-    metadata: Dict[str, Any] = field(default_factory=dict)
-
-
-def is_exported(path: Path) -> bool:
-    """True for a TorchScript file carrying ekd metadata (`<archive>/extra/ekd.json`)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/extra/ekd.json") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+    module: Any = None       # the loaded ExportedModel or eager model
 
 
 def open_model(path: Path, name: str) -> ModelFile:
@@ -76,43 +66,15 @@ def open_model(path: Path, name: str) -> ModelFile:
     if not path.exists():
         raise ModelFileError(f"model file not found: {path}")
     if is_exported(path):
-        from ekd.export import METADATA_NAME, parse_metadata
-
-        extra = {METADATA_NAME: ""}
-        try:
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except Exception as err:  # torch raises several types for damaged archives
-            raise ModelFileError(f"{path}: not a loadable TorchScript file ({type(err).__name__})") from None
-        meta = parse_metadata(extra[METADATA_NAME], path)
-        return ModelFile(name, path, True, [atomic_numbers[s] for s in meta["elements"]], meta["model_kind"],
-                         int(meta.get("members", 1)), module, meta)
+        exported = load_exported(path)
+        meta = exported.metadata
+        return ModelFile(name, path, True, [atomic_numbers[s] for s in meta.elements], meta.model_kind,
+                         meta.members, exported)
     from ..models import Ensemble, load_model
 
     model = load_model(path)
     members = len(model.members) if isinstance(model, Ensemble) else 1
     return ModelFile(name, path, False, list(model.elements), model.kind, members, model)
-
-
-def model_names(paths: Sequence[Path]) -> List[str]:
-    """Short unique names: the file stem, or the folder of a checkpoint.pt (`student`,
-    `teacher_0`); a name already taken gets its parent folders prefixed, then a number."""
-    def name_at(p: Path, depth: int) -> str:
-        p = Path(p)
-        head = p.parent if p.name == "checkpoint.pt" else p
-        parts = [head.name if head.is_dir() or p.name == "checkpoint.pt" else head.stem]
-        parts += [q.name for q in head.parents][:depth]
-        return "/".join(reversed([x for x in parts if x]))
-
-    taken: List[str] = []
-    for p in paths:
-        candidates = [name_at(p, depth) for depth in range(3)]
-        name = next((c for c in candidates if c not in taken), None)
-        k = 2
-        while name is None:
-            name = f"{candidates[0]}#{k}" if f"{candidates[0]}#{k}" not in taken else None
-            k += 1
-        taken.append(name)
-    return taken
 
 
 def check_elements(model: ModelFile, data: AtomsData) -> None:
@@ -139,24 +101,13 @@ def _species_index(species: np.ndarray, elements: List[int]) -> np.ndarray:
     return lookup[species]
 
 
-def _scatter_forces(grad: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor, n: int) -> torch.Tensor:
-    """Forces from edge gradients (CONTRACT.md §2): F_receiver += g, F_sender −= g; works on
-    (E, 3) and on (M, E, 3) gradients (members along dim 0)."""
-    grad = grad.detach().to(torch.float64)
-    dim = grad.dim() - 2
-    shape = list(grad.shape)
-    shape[dim] = n
-    forces = torch.zeros(shape, dtype=torch.float64)
-    return forces.index_add(dim, receivers, grad).index_add(dim, senders, -grad)
-
-
 def predict_exported(model: ModelFile, data: AtomsData, batch_size: int) -> ModelOutput:
     """Energies and forces of an exported file through the contract; ensembles also give
     every member's (the `members` method, called once per conformation because it sums the
     energies of all local atoms)."""
-    meta, module = model.metadata, model.module
-    dtype = getattr(torch, meta["dtype"])
-    pairs = neighbor_pairs(data, float(meta["cutoff"]))
+    exported = model.module
+    dtype = exported.metadata.torch_dtype
+    pairs = neighbor_pairs(data, exported.metadata.cutoff)
     species = torch.as_tensor(_species_index(data.species, model.elements))
     positions = torch.as_tensor(data.positions, dtype=torch.float64)
     shifts = None if pairs.shift is None else torch.as_tensor(pairs.shift, dtype=torch.float64)
@@ -187,18 +138,17 @@ def predict_exported(model: ModelFile, data: AtomsData, batch_size: int) -> Mode
         stop = min(first + batch_size, n_conf)
         a0, a1 = int(atom_offsets[first]), int(atom_offsets[stop])
         vectors, receivers, senders = graph(first, stop)
-        _, atom_energy, edge_grad = module(vectors, receivers, senders, species[a0:a1], a1 - a0)
+        out = exported.evaluate(vectors, receivers, senders, species[a0:a1], a1 - a0)
         conformation = np.repeat(np.arange(stop - first), data.n_atoms[first:stop])
-        energy[first:stop] = np.bincount(conformation, weights=atom_energy.detach().double().numpy(),
-                                         minlength=stop - first)
-        forces[a0:a1] = _scatter_forces(edge_grad, receivers, senders, a1 - a0).numpy()
+        energy[first:stop] = np.bincount(conformation, weights=out.atom_energy.numpy(), minlength=stop - first)
+        forces[a0:a1] = out.forces.numpy()
         if ensemble:
             for c in range(first, stop):
                 c0, c1 = int(atom_offsets[c]), int(atom_offsets[c + 1])
                 v, r, s = graph(c, c + 1)
-                energies, grads = module.members(v, r, s, species[c0:c1], c1 - c0)
-                member_energy[:, c] = energies.detach().double().numpy()
-                member_forces[:, c0:c1] = _scatter_forces(grads, r, s, c1 - c0).numpy()
+                members = exported.evaluate_members(v, r, s, species[c0:c1], c1 - c0)
+                member_energy[:, c] = members.energies.numpy()
+                member_forces[:, c0:c1] = members.forces.numpy()
     return ModelOutput(model.name, str(model.path), model.kind, energy, forces, member_energy, member_forces)
 
 

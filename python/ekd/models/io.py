@@ -17,6 +17,9 @@ from .registry import model_from_spec
 
 CHECKPOINT_FORMAT = "ekd-checkpoint"
 CHECKPOINT_VERSION = 1
+# A trained model's folder holds these two files (written by ekd.training.Trainer).
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
 
 
 def read_checkpoint(path: Path) -> Dict[str, Any]:

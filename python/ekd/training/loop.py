@@ -24,13 +24,10 @@ from ..errors import EkdError
 from ..models import Potential, edge_vectors, model_spec, predict
 from ..models.graph import scatter_sum
 from ..fileio import atomic_torch_save, atomic_write_text
-from ..models.io import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint
+from ..models.io import CHECKPOINT_FORMAT, CHECKPOINT_NAME, CHECKPOINT_VERSION, METRICS_NAME, read_checkpoint
 from .config import TrainConfig
 from .losses import loss_terms, total_loss
 from .progress import Progress
-
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
 
 
 @dataclass

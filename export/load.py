@@ -1,0 +1,159 @@
+"""Reading an exported file in Python: the one loader behind the ASE calculator, `ekd.evaluate`,
+`ekd.bench` and `ekd.stability` (the C++ reader is `pair_style/`).
+
+    model = load_exported("student.pt")            # checked metadata, species map
+    out = model.evaluate(edge_vectors, receivers, senders, species, n_atoms)
+    out.energy, out.atom_energy, out.forces, out.virial
+
+Forces and virial follow CONTRACT.md §2 from `edge_grad`; this is the only Python code that
+turns edge gradients into forces.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+
+from ekd.errors import ModelFileError
+
+from .metadata import METADATA_NAME, Metadata
+
+
+@dataclass
+class Evaluation:
+    """One call's results in float64 on the CPU: eV, eV/Å, eV (virial = Σ_i x_i ⊗ F_i)."""
+
+    energy: float
+    atom_energy: torch.Tensor     # (N,)
+    forces: torch.Tensor          # (N, 3)
+    virial: torch.Tensor          # (3, 3)
+    edge_grad: torch.Tensor       # (E, 3)
+
+
+@dataclass
+class MemberEvaluation:
+    """Every ensemble member's total energy (M,) and forces (M, N, 3), float64 on the CPU."""
+
+    energies: torch.Tensor
+    forces: torch.Tensor
+
+
+@dataclass
+class ExportedModel:
+    """An exported file, loaded: its TorchScript module and its checked metadata."""
+
+    path: Path
+    module: torch.jit.ScriptModule
+    metadata: Metadata
+    device: torch.device
+
+    @property
+    def elements(self) -> List[str]:
+        return list(self.metadata.elements)
+
+    def species_index(self, symbols: Sequence[str]) -> torch.Tensor:
+        """Model species index of each atom; an element the model does not know is refused,
+        naming the first atom of it."""
+        index = {s: k for k, s in enumerate(self.metadata.elements)}
+        unknown = [k for k, s in enumerate(symbols) if s not in index]
+        if unknown:
+            first = unknown[0]
+            raise ModelFileError(f"atom {first} is {symbols[first]}, an element the model {self.path} "
+                                 f"does not know (it knows {' '.join(self.metadata.elements)})")
+        return torch.tensor([index[s] for s in symbols], dtype=torch.long, device=self.device)
+
+    def evaluate(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                 species: torch.Tensor, n_atoms: int) -> Evaluation:
+        """One call of `forward` with every atom a local node (CONTRACT.md §2); the virial
+        uses `edge_vectors` as given (float64 positions keep it float64 for float32 models,
+        as in the pair style)."""
+        vectors = edge_vectors.to(device=self.device, dtype=self.metadata.torch_dtype)
+        energy, atom_energy, edge_grad = self.module(vectors, receivers, senders, species, n_atoms)
+        grad = edge_grad.detach().to("cpu", torch.float64)
+        return Evaluation(float(energy), atom_energy.detach().to("cpu", torch.float64)[:n_atoms],
+                          forces_from_edge_grad(grad, receivers.cpu(), senders.cpu(), n_atoms),
+                          virial_from_edge_grad(edge_vectors.detach().to("cpu", torch.float64), grad), grad)
+
+    def evaluate_members(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                         species: torch.Tensor, n_atoms: int) -> MemberEvaluation:
+        """Every member of an ensemble file (its `members` method); the energies are the sums
+        over all `n_atoms`, so call it per structure."""
+        if not self.metadata.is_ensemble:
+            raise ModelFileError(f"{self.path} is a single {self.metadata.model_kind} model, not an ensemble")
+        vectors = edge_vectors.to(device=self.device, dtype=self.metadata.torch_dtype)
+        energies, grads = self.module.members(vectors, receivers, senders, species, n_atoms)
+        grads = grads.detach().to("cpu", torch.float64)
+        return MemberEvaluation(energies.detach().to("cpu", torch.float64),
+                                forces_from_edge_grad(grads, receivers.cpu(), senders.cpu(), n_atoms))
+
+
+def load_exported(path: Path | str, device: str | torch.device = "cpu") -> ExportedModel:
+    """Load an exported file with its metadata; errors name the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    extra = {METADATA_NAME: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as err:  # torch raises RuntimeError or ValueError for damaged or foreign archives
+        raise ModelFileError(f"{path}: not a TorchScript file ({type(err).__name__})") from None
+    return ExportedModel(path, module, Metadata.from_json(extra[METADATA_NAME], path), torch.device(device))
+
+
+def read_metadata(path: Path | str) -> Metadata:
+    """The checked metadata of an exported file."""
+    return load_exported(path).metadata
+
+
+def is_exported(path: Path) -> bool:
+    """True for a TorchScript file carrying ekd metadata (`<archive>/extra/ekd.json`); reads
+    the archive's directory only."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(f"/extra/{METADATA_NAME}") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def forces_from_edge_grad(grad: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                          n_atoms: int) -> torch.Tensor:
+    """F_receiver += g, F_sender −= g (CONTRACT.md §2), in float64; works on (E, 3) and on
+    (M, E, 3) gradients (members along dim 0)."""
+    grad = grad.detach().to(torch.float64)
+    dim = grad.dim() - 2
+    shape = list(grad.shape)
+    shape[dim] = n_atoms
+    forces = torch.zeros(shape, dtype=torch.float64, device=grad.device)
+    return forces.index_add(dim, receivers, grad).index_add(dim, senders, -grad)
+
+
+def virial_from_edge_grad(edge_vectors: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """W = −Σ_e edge_vectors[e] ⊗ g_e (CONTRACT.md §2); the stress of a cell of volume V is −W/V."""
+    return -torch.einsum("ea,eb->ab", edge_vectors.to(torch.float64), grad.to(torch.float64))
+
+
+def model_names(paths: Sequence[Path]) -> List[str]:
+    """Short unique names for model files: the file stem, or the folder of a checkpoint.pt
+    (`student`, `teacher_0`); a name already taken gets its parent folders prefixed, then a
+    number."""
+    def name_at(p: Path, depth: int) -> str:
+        p = Path(p)
+        head = p.parent if p.name == "checkpoint.pt" else p
+        parts = [head.name if head.is_dir() or p.name == "checkpoint.pt" else head.stem]
+        parts += [q.name for q in head.parents][:depth]
+        return "/".join(reversed([x for x in parts if x]))
+
+    taken: List[str] = []
+    for p in paths:
+        candidates = [name_at(p, depth) for depth in range(3)]
+        name = next((c for c in candidates if c not in taken), None)
+        k = 2
+        while name is None:
+            name = f"{candidates[0]}#{k}" if f"{candidates[0]}#{k}" not in taken else None
+            k += 1
+        taken.append(name)
+    return taken
