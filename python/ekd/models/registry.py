@@ -8,41 +8,47 @@ next to the state dict, so a checkpoint is readable without the config that made
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List
+import importlib
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
 
 from torch import nn
 
 from ..errors import ConfigError
 from .ensemble import Ensemble
-from .hipnn import HIPNN, HIPNNConfig
 from .potential import Potential
 
 
-def _build_hipnn(elements: List[int], hyperparameters: Dict[str, Any]) -> Potential:
-    return HIPNN(elements, _config(HIPNNConfig, hyperparameters, "hipnn"))
+@dataclass(frozen=True)
+class ModelKind:
+    """Where a model kind's classes live: its module, model class and hyperparameter dataclass."""
+
+    module: str
+    model_class: str
+    config_class: str
+
+    def classes(self) -> Tuple[type, type]:
+        module = importlib.import_module(self.module, __package__)
+        return getattr(module, self.model_class), getattr(module, self.config_class)
 
 
-def _build_equivariant(elements: List[int], hyperparameters: Dict[str, Any]) -> Potential:
-    from .equivariant import EquivariantConfig, EquivariantPotential
-
-    return EquivariantPotential(elements, _config(EquivariantConfig, hyperparameters, "equivariant"))
-
-
-BUILDERS: Dict[str, Callable[[List[int], Dict[str, Any]], Potential]] = {
-    "hipnn": _build_hipnn,
-    "equivariant": _build_equivariant,
+# The one table of model kinds: a new kind is one line here. Modules are imported on first
+# use (importing e3nn takes about a second).
+KINDS: Dict[str, ModelKind] = {
+    "hipnn": ModelKind(".hipnn", "HIPNN", "HIPNNConfig"),
+    "equivariant": ModelKind(".equivariant", "EquivariantPotential", "EquivariantConfig"),
 }
+
+
+def _kind(kind: str) -> ModelKind:
+    if kind not in KINDS:
+        raise ConfigError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+    return KINDS[kind]
 
 
 def config_class(kind: str) -> type:
     """The hyperparameter dataclass of a model kind."""
-    if kind == "hipnn":
-        return HIPNNConfig
-    if kind == "equivariant":
-        from .equivariant import EquivariantConfig
-
-        return EquivariantConfig
-    raise ConfigError(f"unknown model kind {kind!r}; known: {', '.join(BUILDERS)}")
+    return _kind(kind).classes()[1]
 
 
 def _config(cls: type, hyperparameters: Dict[str, Any], kind: str) -> Any:
@@ -60,9 +66,8 @@ def _config(cls: type, hyperparameters: Dict[str, Any], kind: str) -> Any:
 
 def build_model(kind: str, elements: List[int], hyperparameters: Dict[str, Any]) -> Potential:
     """A freshly initialised model of `kind` for `elements` (atomic numbers)."""
-    if kind not in BUILDERS:
-        raise ConfigError(f"unknown model kind {kind!r}; known: {', '.join(BUILDERS)}")
-    return BUILDERS[kind](list(elements), dict(hyperparameters))
+    model_class, hyperparameter_class = _kind(kind).classes()
+    return model_class(list(elements), _config(hyperparameter_class, dict(hyperparameters), kind))
 
 
 def model_spec(model: Potential) -> Dict[str, Any]:
