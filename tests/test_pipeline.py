@@ -19,7 +19,8 @@ from ekd.config import load_config
 from ekd.errors import ConfigError, EkdError
 from ekd.models import Ensemble, load_model
 from ekd.run_directory import open_run
-from ekd.train import main, run_stages
+from ekd.train import run_stages
+from ekd.train.__main__ import main
 from ekd.training import predict_all, read_checkpoint
 from tests.conftest import write_tiny_config
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ekd.study import main, mean_spread, parse_variant
+from ekd.study import mean_spread, parse_variant
+from ekd.study.__main__ import main
 
 from .conftest import write_tiny_config
 

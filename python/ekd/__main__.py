@@ -2,6 +2,6 @@
 
 import sys
 
-from .train import main
+from .train.__main__ import main
 
 sys.exit(main())

@@ -389,6 +389,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "--fail":
         place, rank_text, at_text = sys.argv[2].split(":")
         _inject(place, int(rank_text), int(at_text))
-    from ekd.train import main
+    from ekd.train.__main__ import main
 
     sys.exit(main(sys.argv[separator + 1:]))

@@ -1,6 +1,4 @@
-"""`python -m ekd.train [CONFIG.toml] [--out DIR] [--stage STAGE] [--resume]`: the EKD method.
-
-Read top-down, this file is the method:
+"""The EKD method (`python -m ekd.train` runs it). Read top-down, this file is the method:
 
 1. **Teachers.** An ensemble of N models learns the reference (e.g. coupled-cluster) energies
    only; the teachers differ by seed and optionally by architecture or bootstrap resample.
@@ -12,40 +10,35 @@ Read top-down, this file is the method:
    same architecture learns the energies alone, so every run shows what distillation bought.
 4. **Summary.** Every model's energy and force errors on every split against the reference data.
 
-Without CONFIG the whole method runs on the embedded CCSD(T) data set with the demo settings
-of `ekd/configs/default.toml`.
-
-Under `torchrun --nproc_per_node K -m ekd.train ...` the same method runs on K processes
-(docs/distributed.md): with `[run] parallel = "data"` every model trains on all of them
-(DistributedDataParallel, HDF5 data read in shards), with "teachers" each model trains whole
-on one of them; the labels are made in blocks, one per process, and merged by rank 0.
+Under torchrun the same stages run on K processes (docs/distributed.md): with `[run] parallel =
+"data"` every model trains on all of them (DistributedDataParallel, HDF5 data read in shards),
+with "teachers" each model trains whole on one of them; the labels are made in blocks, one per
+process, and merged by rank 0.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
 
-from .config import DEFAULT_CONFIG, RunConfig, config_to_toml, load_config
-from .data.sharded import balanced_ranges
-from .distill import read_labels, write_labels
-from .distill.labels import check_labels, interrupted_label_files, merge_label_blocks, write_label_block
-from .errors import EkdError
-from .models import Potential, build_model, count_parameters, load_model
-from .run_directory import RunDirectory, open_run
-from .summary import write_summary
-from .fileio import file_sha256
-from .run_layout import BASELINE, STUDENT, RunLayout, teacher_name
-from .training import TrainConfig, Trainer, read_checkpoint
-from .training.distributed import Context, DistributedTrainer, from_environment
+from ..config import RunConfig, config_to_toml
+from ..data.sharded import balanced_ranges
+from ..distill import read_labels, write_labels
+from ..distill.labels import check_labels, interrupted_label_files, merge_label_blocks, write_label_block
+from ..errors import EkdError
+from ..models import Potential, build_model, count_parameters, load_model
+from ..run_directory import RunDirectory, open_run
+from ..summary import write_summary
+from ..fileio import file_sha256
+from ..run_layout import BASELINE, STUDENT, RunLayout, teacher_name
+from ..training import TrainConfig, Trainer, read_checkpoint
+from ..training.distributed import Context, DistributedTrainer
 
 STAGES = ("teachers", "label", "student", "summary", "all")
 
@@ -271,29 +264,6 @@ def adopt_teachers(source: Path, config: RunConfig, out: Path) -> None:
     print(f"reusing the teachers of {source}", flush=True)
 
 
-# ---- command line ----------------------------------------------------------------------------------
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m ekd.train", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", type=Path, default=None,
-                        help=f"run configuration (TOML); default: the demo run {DEFAULT_CONFIG.name} "
-                             "on the embedded CCSD(T) data")
-    parser.add_argument("--out", type=Path, default=Path("runs/default"),
-                        help="run directory (default: runs/default)")
-    parser.add_argument("--stage", choices=STAGES, default="all",
-                        help="teachers | label | student (student and baseline) | summary | all (default)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from its last checkpoint / labels batch")
-    parser.add_argument("--teachers-from", type=Path, default=None, metavar="RUN_DIR",
-                        help="reuse the trained teachers and labels of another run with the same data, split, "
-                             "references and teachers settings (to try other students)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
-    return parser.parse_args(argv)
-
-
 def run_stages(config: RunConfig, out: Path, stage: str, resume: bool, progress: bool = True,
                dist: Optional[Context] = None) -> RunDirectory:
     """Run the requested stage(s) of the method in `out`; always ends with a fresh summary
@@ -338,42 +308,3 @@ def open_run_distributed(out: Path, config: RunConfig, progress: bool, dist: Con
     assert run is not None
     run.rank = dist.rank
     return run
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    dist: Optional[Context] = None
-    try:
-        config = load_config(args.config)
-        dist = from_environment(config.run.device)  # None unless torchrun started several processes
-        first = dist is None or dist.is_main
-        if args.print_config:
-            if first:
-                print(config_to_toml(config))
-        else:
-            if config.description and first:
-                print(config.description.strip(), flush=True)
-            if args.teachers_from is not None:
-                on_main(dist, lambda: adopt_teachers(args.teachers_from, config, args.out))
-            run_stages(config, args.out, args.stage, args.resume, progress=not args.quiet, dist=dist)
-    except BaseException as err:
-        if dist is not None:  # name the rank at fault, tell the others, and leave without waiting for them
-            code = dist.report(err)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        if isinstance(err, EkdError):
-            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, before the ranks connected: say it once
-                print(f"error: {err}", file=sys.stderr)
-            return 2
-        if isinstance(err, KeyboardInterrupt):
-            print("\ninterrupted; continue with --resume", file=sys.stderr)
-            return 130
-        raise
-    if dist is not None:
-        dist.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,78 @@
+"""A study's report: every model's test errors as mean ± sample SD over the seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..run_layout import RunLayout
+from .plan import METRICS, Task
+
+
+def mean_spread(values: Sequence[float]) -> Dict[str, Any]:
+    """Mean, sample standard deviation (0 for one value) and the values themselves."""
+    array = np.asarray(values, dtype=float)
+    spread = float(array.std(ddof=1)) if len(array) > 1 else 0.0
+    return {"mean": float(array.mean()), "std": spread, "n": int(len(array)), "values": [float(v) for v in array]}
+
+
+def collect(tasks: Sequence[Task], out: Path) -> Dict[str, Any]:
+    """Per (variant, model) the test metrics over the seeds that finished; per variant the ratios."""
+    rows: Dict[str, Dict[str, List[float]]] = {}
+    parameters: Dict[str, int] = {}
+    seeds: Dict[str, List[int]] = {}
+    for task in tasks:
+        path = RunLayout(out / task.name).summary_json
+        if not path.exists():
+            continue
+        summary = json.loads(path.read_text())
+        models = summary["models"]
+        for model, splits in models.items():
+            if task.variant and model not in ("student", "baseline"):
+                continue  # a variant's teachers and ensemble are its seed's, already counted
+            label = f"{model} ({task.variant})" if task.variant else model
+            test = splits.get("test") or {}
+            for metric in METRICS:
+                if test.get(metric) is not None:
+                    rows.setdefault(label, {}).setdefault(metric, []).append(test[metric])
+            parameters[label] = summary["training"].get(model, {}).get("parameters", 0)
+            seeds.setdefault(label, []).append(task.seed)
+        if "student" in models and "baseline" in models:
+            label = f"student / baseline ({task.variant})" if task.variant else "student / baseline"
+            for metric in ("energy_rmse", "force_rmse"):
+                student, baseline = models["student"]["test"].get(metric), models["baseline"]["test"].get(metric)
+                if student is not None and baseline:
+                    rows.setdefault(label, {}).setdefault(metric, []).append(student / baseline)
+            seeds.setdefault(label, []).append(task.seed)
+    return {"models": {label: {m: mean_spread(v) for m, v in metrics.items()} for label, metrics in rows.items()},
+            "parameters": parameters, "seeds": seeds}
+
+
+def markdown(report: Dict[str, Any], command: str) -> str:
+    """The study's table: errors in meV and meV/Å, ratios as numbers; mean ± SD (seeds)."""
+    def cell(stats: Optional[Dict[str, Any]], scale: float, digits: int) -> str:
+        if stats is None:
+            return "—"
+        return f"{stats['mean'] * scale:.{digits}f} ± {stats['std'] * scale:.{digits}f}"
+
+    lines = [f"Command: `{command}`", "",
+             "Test split, mean ± sample standard deviation over independent pipeline seeds (n = seeds).", "",
+             "| model | n | parameters | E MAE (meV) | E RMSE (meV) | E RMSE/atom (meV) | F MAE (meV/Å) | "
+             "F RMSE (meV/Å) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ratios = []
+    for label, metrics in report["models"].items():
+        n = max(s["n"] for s in metrics.values())
+        if label.startswith("student / baseline"):
+            ratios.append(f"| {label} | {n} | {cell(metrics.get('energy_rmse'), 1, 3)} | "
+                          f"{cell(metrics.get('force_rmse'), 1, 3)} |")
+            continue
+        cells = [cell(metrics.get(m), 1000, 1) for m in METRICS]
+        count = report["parameters"].get(label, 0)
+        lines.append(f"| {label} | {n} | {f'{count:,}' if count else '—'} | " + " | ".join(cells) + " |")
+    if ratios:
+        lines += ["", "| ratio | n | E RMSE | F RMSE |", "|---|---:|---:|---:|", *ratios]
+    return "\n".join(lines) + "\n"
