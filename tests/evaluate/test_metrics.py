@@ -10,10 +10,10 @@ import pytest
 
 from ekd.data import AtomsData
 from ekd.errors import DataError
-from ekd.evaluation.error_metrics import (average_ranks, calibration_bins, error_stats, force_angles, force_cosine,
+from ekd.evaluate.error_metrics import (average_ranks, calibration_bins, error_stats, force_angles, force_cosine,
                                           per_element_force_errors, relative_energy_errors, relative_to_group_mean,
                                           spearman, uncertainty_metrics)
-from ekd.evaluation.force_sign import check_sign_by_finite_differences, finite_difference_slope, trajectory_pairs
+from ekd.evaluate.force_sign import check_sign_by_finite_differences, finite_difference_slope, trajectory_pairs
 
 
 def test_mae_rmse_skip_missing_references() -> None:

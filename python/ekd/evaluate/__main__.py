@@ -18,10 +18,10 @@ from typing import Sequence
 
 import torch
 
-from .data import DataSpec
-from .data.readers import FORMATS
-from .errors import EkdError
-from .evaluation.evaluate import EvaluationRequest, markdown_report, run_evaluation
+from ..data import DataSpec
+from ..data.readers import FORMATS
+from ..errors import EkdError
+from .run import EvaluationRequest, markdown_report, run_evaluation
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -6,9 +6,9 @@ through `predict_all`. Every model yields the same `ModelOutput`."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
