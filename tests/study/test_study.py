@@ -12,7 +12,7 @@ import pytest
 from ekd.study import mean_spread, parse_variant
 from ekd.study.__main__ import main
 
-from .conftest import write_tiny_config
+from tests.conftest import write_tiny_config
 
 
 def test_mean_spread_by_hand() -> None:

@@ -1,4 +1,5 @@
-"""The whole method end to end, resumption after a real kill, labels, and config errors."""
+"""`python -m ekd.train`: the whole method end to end, resumption after a real kill, the
+command line's errors, reusing another run's teachers."""
 
 from __future__ import annotations
 
@@ -10,18 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 from ekd.config import load_config
 from ekd.errors import ConfigError, EkdError
-from ekd.models import Ensemble, load_model
 from ekd.run_directory import open_run
 from ekd.train import run_stages
 from ekd.train.__main__ import main
-from ekd.training import predict_all, read_checkpoint
+from ekd.training import read_checkpoint
 from tests.conftest import write_tiny_config
 
 MODELS = ["teacher_0", "teacher_1", "ensemble", "baseline", "student"]
@@ -43,43 +42,6 @@ def test_summary_has_every_model_split_and_metric(tiny_run: Path) -> None:
     for name in ("split.json", "references.json", "labels.h5", "summary.md", "plots/energy_parity_test.png",
                  "plots/force_parity_test.png", "student/metrics.jsonl", "teachers/teacher_1/checkpoint.pt"):
         assert (tiny_run / name).exists(), name
-
-
-def test_labels_equal_direct_recomputation(tiny_run: Path) -> None:
-    config = load_config(tiny_run.parent / "tiny.toml")
-    run = open_run(tiny_run, config, progress=False)
-    teachers = [load_model(tiny_run / f"teachers/teacher_{k}/checkpoint.pt") for k in range(2)]
-    ids = np.array([0, 5, len(run.data) - 1])
-    atoms = run.data.atom_indices(ids)
-    preds = [predict_all(t, run.graph(t.cutoff), ids) for t in teachers]
-    forces = np.stack([p.forces for p in preds])
-    with h5py.File(tiny_run / "labels.h5") as h5:
-        assert h5.attrs["complete"]
-        assert np.allclose(h5["forces_mean"][()][atoms], forces.mean(axis=0), rtol=1e-10, atol=1e-12)
-        spread = np.sqrt(np.mean(np.sum((forces - forces.mean(axis=0)) ** 2, axis=-1), axis=0))
-        assert np.allclose(h5["forces_std"][()][atoms], spread, rtol=1e-8, atol=1e-10)
-        atom_energy = np.mean([p.atom_energy for p in preds], axis=0)
-        assert np.allclose(h5["atom_energy_mean"][()][atoms], atom_energy, rtol=1e-12)
-        assert np.allclose(h5["energy_members"][()][ids], np.stack([p.energy for p in preds], 1), rtol=1e-12)
-        assert np.abs(h5["forces_mean"][()]).max() > 1e-4, "labels must not be trivially zero"
-
-
-def test_ensemble_mean_equals_mean_of_members(tiny_run: Path) -> None:
-    teachers = [load_model(tiny_run / f"teachers/teacher_{k}/checkpoint.pt") for k in range(2)]
-    ensemble = Ensemble(teachers)
-    config = load_config(tiny_run.parent / "tiny.toml")
-    run = open_run(tiny_run, config, progress=False)
-    ids = np.arange(0, len(run.data), 97)
-    graph = run.graph(ensemble.cutoff)
-    mean = predict_all(ensemble, graph, ids)
-    members = [predict_all(t, graph, ids) for t in teachers]
-    assert np.allclose(mean.energy, np.mean([m.energy for m in members], axis=0), rtol=1e-12)
-    assert np.allclose(mean.forces, np.mean([m.forces for m in members], axis=0), rtol=1e-10, atol=1e-12)
-    summary = json.loads((tiny_run / "summary.json").read_text())
-    test = run.split["test"]
-    expected = predict_all(ensemble, graph, test)
-    rmse = float(np.sqrt(np.mean((expected.energy - run.data.energy[test]) ** 2)))
-    assert summary["models"]["ensemble"]["test"]["energy_rmse"] == pytest.approx(rmse, rel=1e-9)
 
 
 def test_student_learned_from_the_labels(tiny_run: Path) -> None:
@@ -129,28 +91,6 @@ def test_kill_and_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert len((tmp_path / "killed/teachers/teacher_0/metrics.jsonl").read_text().splitlines()) == 12
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[data]\npath = 'embedded'\n[teachers]\ncuont = 3\n", "unknown key(s) cuont in [teachers]"),
-    ("[data]\npath = 'embedded'\n[teachers.train]\nforces_weight = 1.0\n", "teachers learn from energies only"),
-    ("[data]\npath = 'embedded'\n[split]\ntest_selection = 'has_forces'\ntest_fraction = 0.3\n",
-     "test_fraction conflicts with test_selection"),
-    ("[data]\npath = 'embedded'\n[references]\nvalues = {H = -13.6}\n", "values are given but mode = 'fit'"),
-    ("[data]\npath = 'embedded'\n[teachers]\ncount = 'four'\n", "teachers.count must be int"),
-    ("[data]\npath = 'embedded'\n[student]\nmodel = {n_featurez = 8}\n", "unknown hipnn hyperparameter(s) n_featurez"),
-    ("[data]\npath = 'embedded'\n[student.train]\nforces_weight = 0.0\n", "would learn nothing from the teachers"),
-    ("[teachers]\ncount = 2\n", "the [data] table is missing"),
-    ("[data]\npath = 'embedded'\n[teachers]\ncount = 2\nmembers = [{kind = 'hipnn'}]\n",
-     "members lists 1 teachers but count = 2"),
-    ("[data\npath = 1", "not valid TOML"),
-])
-def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as error:
-        load_config(path)
-    assert message in str(error.value)
-
-
 def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(tmp_path / "absent.toml")]) == 2
     assert "error: config file not found" in capsys.readouterr().err
@@ -168,15 +108,6 @@ def test_missing_teachers_for_later_stage(tmp_path: Path) -> None:
     config = load_config(write_tiny_config(tmp_path, epochs=1))
     with pytest.raises(EkdError, match="teacher_0 is not trained yet"):
         run_stages(config, tmp_path / "run", "label", resume=False, progress=False)
-
-
-def test_config_round_trips_through_toml(tmp_path: Path) -> None:
-    from ekd.config import config_to_toml
-
-    config = load_config(None)
-    path = tmp_path / "again.toml"
-    path.write_text(config_to_toml(config))
-    assert load_config(path) == config
 
 
 def test_teachers_from_another_run(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

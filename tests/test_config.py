@@ -1,0 +1,41 @@
+"""Run configurations: errors that name the key, and the TOML round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ekd.config import load_config
+from ekd.errors import ConfigError
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[data]\npath = 'embedded'\n[teachers]\ncuont = 3\n", "unknown key(s) cuont in [teachers]"),
+    ("[data]\npath = 'embedded'\n[teachers.train]\nforces_weight = 1.0\n", "teachers learn from energies only"),
+    ("[data]\npath = 'embedded'\n[split]\ntest_selection = 'has_forces'\ntest_fraction = 0.3\n",
+     "test_fraction conflicts with test_selection"),
+    ("[data]\npath = 'embedded'\n[references]\nvalues = {H = -13.6}\n", "values are given but mode = 'fit'"),
+    ("[data]\npath = 'embedded'\n[teachers]\ncount = 'four'\n", "teachers.count must be int"),
+    ("[data]\npath = 'embedded'\n[student]\nmodel = {n_featurez = 8}\n", "unknown hipnn hyperparameter(s) n_featurez"),
+    ("[data]\npath = 'embedded'\n[student.train]\nforces_weight = 0.0\n", "would learn nothing from the teachers"),
+    ("[teachers]\ncount = 2\n", "the [data] table is missing"),
+    ("[data]\npath = 'embedded'\n[teachers]\ncount = 2\nmembers = [{kind = 'hipnn'}]\n",
+     "members lists 1 teachers but count = 2"),
+    ("[data\npath = 1", "not valid TOML"),
+])
+def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert message in str(error.value)
+
+
+def test_config_round_trips_through_toml(tmp_path: Path) -> None:
+    from ekd.config import config_to_toml
+
+    config = load_config(None)
+    path = tmp_path / "again.toml"
+    path.write_text(config_to_toml(config))
+    assert load_config(path) == config
