@@ -13,7 +13,6 @@
 #include "error.h"
 #include "force.h"
 #include "memory.h"
-#include "neigh_list.h"
 #include "neighbor.h"
 #include "update.h"
 #include "utils.h"
@@ -73,9 +72,8 @@ PairEKD::PairEKD(LAMMPS *lmp) :
     Pair(lmp), device_request("cpu"), device(torch::kCPU), unit_factor(1.0), exchange_allowed(true),
     model_loaded(false), model_dtype(torch::kFloat64), cutoff(0.0), receptive_field(0.0),
     min_distance(0.0), num_interactions(1), members(1), jit_optimize(false),
-    many_ranks(false), exchange(false), ghost_receivers(false), comm_width(0), n_nodes(0), owner_built_at(-1),
-    model_energy(0.0), overlap_warned(false), overlap_found(false), overlap_tag_i(0),
-    overlap_tag_j(0), overlap_dist(0.0), ghost_message_printed(false)
+    many_ranks(false), exchange(false), ghost_receivers(false), comm_width(0), graph(lmp),
+    model_energy(0.0), overlap_warned(false), ghost_message_printed(false)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -84,14 +82,6 @@ PairEKD::PairEKD(LAMMPS *lmp) :
   no_virial_fdotr_compute = 1;    // the virial comes from edge vectors (CONTRACT.md §2)
   unit_convert_flag = 0;          // units are handled here: metal and real only
   cutghost = nullptr;
-
-  // a non-null data pointer even for zero edges, for torch::from_blob
-  species.reserve(1024);
-  receivers.reserve(16384);
-  senders.reserve(16384);
-  edge_vec.reserve(3 * 16384);
-  edge_i.reserve(16384);
-  edge_j.reserve(16384);
   inputs.reserve(5);
 }
 
@@ -460,7 +450,7 @@ void PairEKD::init_style()
   }
 
   overlap_warned = false;    // the overlap warning is printed once per run
-  owner_built_at = -1;
+  graph.configure(cutoff, min_distance, num_interactions, type_to_species, many_ranks, ghost_receivers);
 }
 
 double PairEKD::init_one(int i, int j)
@@ -471,14 +461,14 @@ double PairEKD::init_one(int i, int j)
 }
 
 /* ----------------------------------------------------------------------
-   compute: build_graph -> call_model -> write_back
+   compute: graph.build -> call_model (or call_layers) -> write_back
 ------------------------------------------------------------------------- */
 
 void PairEKD::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
-  build_graph();
-  if (overlap_found && !overlap_warned) warn_overlap();
+  graph.build(list);
+  if (graph.overlap_found && !overlap_warned) warn_overlap();
   if (exchange) {
     if (atom->nlocal == 0)
       exchange_idle();    // nothing owned, but the neighbours' exchanges need this rank
@@ -491,195 +481,13 @@ void PairEKD::compute(int eflag, int vflag)
   write_back();
 }
 
-void PairEKD::build_graph()
-{
-  receivers.clear();
-  senders.clear();
-  edge_vec.clear();
-  edge_i.clear();
-  edge_j.clear();
-  species.clear();
-  overlap_found = false;
-  // atoms are re-ordered (sorting, exchange) and ghosts re-created only when the
-  // neighbour lists are rebuilt
-  const int nall = atom->nlocal + atom->nghost;
-  if (neighbor->ago == 0 || owner_built_at != neighbor->ncalls || static_cast<int>(owner.size()) != nall)
-    build_owner_map();
-  if (ghost_receivers)
-    build_graph_many_ranks();
-  else
-    build_graph_local_receivers();
-}
-
-// tag -> local index, then the owner of every local and ghost atom: on one rank every ghost
-// is an image of a local atom; on several ranks ghosts owned elsewhere get -1
-void PairEKD::build_owner_map()
-{
-  const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
-  const tagint *tag = atom->tag;
-
-  tagint maxtag = 0;
-  for (int i = 0; i < nlocal; ++i) maxtag = std::max(maxtag, tag[i]);
-  const bool dense = maxtag <= 4 * static_cast<tagint>(nlocal) + 1024;
-  if (dense) {
-    tag_to_local.assign(maxtag + 1, -1);
-    for (int i = 0; i < nlocal; ++i) tag_to_local[tag[i]] = i;
-  } else {
-    tag_to_local_sparse.clear();
-    for (int i = 0; i < nlocal; ++i) tag_to_local_sparse[tag[i]] = i;
-  }
-
-  owner.resize(nall);
-  for (int k = 0; k < nall; ++k) {
-    int o = -1;
-    if (dense) {
-      if (tag[k] >= 0 && tag[k] <= maxtag) o = tag_to_local[tag[k]];
-    } else {
-      auto it = tag_to_local_sparse.find(tag[k]);
-      if (it != tag_to_local_sparse.end()) o = it->second;
-    }
-    if (o < 0 && !many_ranks)
-      error->one(FLERR, "pair_style ekd: atom ID {} of a ghost atom has no local owner on this rank",
-                 tag[k]);
-    owner[k] = o;
-  }
-  owner_built_at = neighbor->ncalls;
-}
-
-// receivers are the local atoms [0, nlocal); an edge to a ghost uses its owner's node when this
-// rank owns it (always on one rank), else a node of its own after the local ones (exchange)
-void PairEKD::build_graph_local_receivers()
-{
-  const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
-
-  double **x = atom->x;
-  const int *type = atom->type;
-  const double cutsq_model = cutoff * cutoff;
-  const double minsq = min_distance * min_distance;
-
-  n_nodes = nlocal;
-  node_atom.resize(nlocal);
-  for (int i = 0; i < nlocal; ++i) node_atom[i] = i;
-  atom_node.assign(nall, -1);
-
-  const int inum = list->inum;
-  const int *ilist = list->ilist;
-  const int *numneigh = list->numneigh;
-  int **firstneigh = list->firstneigh;
-  for (int ii = 0; ii < inum; ++ii) {
-    const int i = ilist[ii];
-    const int *jlist = firstneigh[i];
-    const int jnum = numneigh[i];
-    for (int jj = 0; jj < jnum; ++jj) {
-      const int j = jlist[jj] & NEIGHMASK;
-      const double dx = x[j][0] - x[i][0];
-      const double dy = x[j][1] - x[i][1];
-      const double dz = x[j][2] - x[i][2];
-      const double rsq = dx * dx + dy * dy + dz * dz;
-      if (rsq >= cutsq_model) continue;
-      if (rsq < minsq && !overlap_found) {
-        overlap_found = true;
-        overlap_tag_i = atom->tag[i];
-        overlap_tag_j = atom->tag[j];
-        overlap_dist = std::sqrt(rsq);
-      }
-      int node = owner[j];
-      if (node < 0) {    // another rank's atom: its features arrive by forward communication
-        if (atom_node[j] < 0) {
-          atom_node[j] = n_nodes++;
-          node_atom.push_back(j);
-        }
-        node = atom_node[j];
-      }
-      receivers.push_back(i);
-      senders.push_back(node);
-      edge_vec.push_back(dx);
-      edge_vec.push_back(dy);
-      edge_vec.push_back(dz);
-      edge_i.push_back(i);
-      edge_j.push_back(j);
-    }
-  }
-  species.resize(n_nodes);
-  for (int n = 0; n < n_nodes; ++n) species[n] = type_to_species[type[node_atom[n]]];
-}
-
-// several ranks, ghost-shell path: nodes are the local atoms [0, nlocal) and the ghost atoms reached
-// within num_interactions edges; atoms closer than num_interactions edges to a local
-// atom are receivers (ghost neighbour lists), so every local energy is exact
-void PairEKD::build_graph_many_ranks()
-{
-  const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
-  double **x = atom->x;
-  const int *type = atom->type;
-  const double cutsq_model = cutoff * cutoff;
-  const double minsq = min_distance * min_distance;
-
-  atom_node.assign(nall, -1);
-  node_atom.clear();
-  node_hop.clear();
-  for (int i = 0; i < nlocal; ++i) {
-    atom_node[i] = i;
-    node_atom.push_back(i);
-    node_hop.push_back(0);
-  }
-  // a periodic image of one of this rank's own atoms has that atom's features: it is the
-  // same node (as on one rank), which saves evaluating the images as extra receivers
-  for (int k = nlocal; k < nall; ++k)
-    if (owner[k] >= 0) atom_node[k] = owner[k];
-
-  const int *numneigh = list->numneigh;
-  int **firstneigh = list->firstneigh;
-  // breadth-first: nodes are appended in order of graph distance from the local atoms
-  for (size_t n = 0; n < node_atom.size(); ++n) {
-    const int hop = node_hop[n];
-    if (hop >= num_interactions) break;    // its features are never needed
-    const int i = node_atom[n];
-    const int *jlist = firstneigh[i];
-    const int jnum = numneigh[i];
-    for (int jj = 0; jj < jnum; ++jj) {
-      const int j = jlist[jj] & NEIGHMASK;
-      const double dx = x[j][0] - x[i][0];
-      const double dy = x[j][1] - x[i][1];
-      const double dz = x[j][2] - x[i][2];
-      const double rsq = dx * dx + dy * dy + dz * dz;
-      if (rsq >= cutsq_model) continue;
-      if (atom_node[j] < 0) {
-        atom_node[j] = static_cast<int>(node_atom.size());
-        node_atom.push_back(j);
-        node_hop.push_back(hop + 1);
-      }
-      if (hop == 0 && rsq < minsq && !overlap_found) {
-        overlap_found = true;
-        overlap_tag_i = atom->tag[i];
-        overlap_tag_j = atom->tag[j];
-        overlap_dist = std::sqrt(rsq);
-      }
-      receivers.push_back(static_cast<int64_t>(n));
-      senders.push_back(atom_node[j]);
-      edge_vec.push_back(dx);
-      edge_vec.push_back(dy);
-      edge_vec.push_back(dz);
-      edge_i.push_back(i);
-      edge_j.push_back(j);
-    }
-  }
-
-  n_nodes = static_cast<int>(node_atom.size());
-  species.resize(n_nodes);
-  for (int n = 0; n < n_nodes; ++n) species[n] = type_to_species[type[node_atom[n]]];
-}
-
 void PairEKD::warn_overlap()
 {
   error->warning(FLERR,
                  "pair_style ekd: atoms {} and {} are {:.4f} A apart, closer than the shortest "
                  "distance in the training data ({} A, min_distance in {}): the model extrapolates "
                  "(printed once per run)",
-                 overlap_tag_i, overlap_tag_j, overlap_dist, min_distance, model_file);
+                 graph.overlap_tag_i, graph.overlap_tag_j, graph.overlap_dist, min_distance, model_file);
   overlap_warned = true;
 }
 
@@ -690,20 +498,20 @@ void PairEKD::warn_overlap()
 void PairEKD::input_tensors(torch::Tensor &t_vec, torch::Tensor &t_recv, torch::Tensor &t_send,
                             torch::Tensor &t_species)
 {
-  const int64_t n_edges = static_cast<int64_t>(receivers.size());
-  const int64_t n_node = static_cast<int64_t>(species.size());
+  const int64_t n_edges = static_cast<int64_t>(graph.receivers.size());
+  const int64_t n_node = static_cast<int64_t>(graph.species.size());
   const auto long_opts = torch::TensorOptions().dtype(torch::kInt64);
 
   if (model_dtype == torch::kFloat64) {
-    t_vec = torch::from_blob(edge_vec.data(), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64));
+    t_vec = torch::from_blob(graph.edge_vec.data(), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64));
   } else {
-    edge_vec_f32.resize(edge_vec.size());
-    std::copy(edge_vec.begin(), edge_vec.end(), edge_vec_f32.begin());
+    edge_vec_f32.resize(graph.edge_vec.size());
+    std::copy(graph.edge_vec.begin(), graph.edge_vec.end(), edge_vec_f32.begin());
     t_vec = torch::from_blob(edge_vec_f32.data(), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat32));
   }
-  t_recv = torch::from_blob(receivers.data(), {n_edges}, long_opts);
-  t_send = torch::from_blob(senders.data(), {n_edges}, long_opts);
-  t_species = torch::from_blob(species.data(), {n_node}, long_opts);
+  t_recv = torch::from_blob(graph.receivers.data(), {n_edges}, long_opts);
+  t_send = torch::from_blob(graph.senders.data(), {n_edges}, long_opts);
+  t_species = torch::from_blob(graph.species.data(), {n_node}, long_opts);
   if (!device.is_cpu()) {
     t_vec = t_vec.to(device);
     t_recv = t_recv.to(device);
@@ -714,8 +522,8 @@ void PairEKD::input_tensors(torch::Tensor &t_vec, torch::Tensor &t_recv, torch::
 
 void PairEKD::call_model()
 {
-  const int64_t n_edges = static_cast<int64_t>(receivers.size());
-  const int64_t n_node = static_cast<int64_t>(species.size());
+  const int64_t n_edges = static_cast<int64_t>(graph.receivers.size());
+  const int64_t n_node = static_cast<int64_t>(graph.species.size());
   torch::Tensor t_vec, t_recv, t_send, t_species;
   input_tensors(t_vec, t_recv, t_send, t_species);
 
@@ -782,11 +590,11 @@ void PairEKD::call_layers()
     features = module.get_method("edge_features")({vec}).toTensor();
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style ekd: edge_features of the model {} failed on {} edges: {}", model_file,
-               receivers.size(), first_line(e.what()));
+               graph.receivers.size(), first_line(e.what()));
   }
   s = features.detach().requires_grad_(true);
   std::vector<torch::Tensor> z_in(n_layers), z_out(n_layers), energy(n_layers);
-  torch::Tensor z = torch::zeros({static_cast<int64_t>(species.size()), 0}, float_opts);
+  torch::Tensor z = torch::zeros({static_cast<int64_t>(graph.species.size()), 0}, float_opts);
   auto layer = module.get_method("layer");
   for (int t = 0; t < n_layers; ++t) {
     z_in[t] = t > 0 ? z.requires_grad_(true) : z;
@@ -797,7 +605,7 @@ void PairEKD::call_layers()
       energy[t] = out[1].toTensor();
     } catch (const std::exception &e) {
       error->one(FLERR, "pair_style ekd: layer {} of the model {} failed on {} nodes and {} edges: {}", t,
-                 model_file, species.size(), receivers.size(), first_line(e.what()));
+                 model_file, graph.species.size(), graph.receivers.size(), first_line(e.what()));
     }
     const int64_t width = t + 1 < n_layers ? exchange_widths[t] : z_out[t].size(-1);
     if (energy[t].numel() != nlocal || z_out[t].dim() != 2 || z_out[t].size(0) != nlocal ||
@@ -875,11 +683,11 @@ torch::Tensor PairEKD::exchange_features(const torch::Tensor &z_local)
             comm_rows.begin());
   comm->forward_comm(this);
 
-  const int n_ghost_nodes = n_nodes - nlocal;
+  const int n_ghost_nodes = graph.n_nodes - nlocal;
   torch::Tensor ghosts = torch::empty({n_ghost_nodes, width}, torch::kFloat64);
   double *out = ghosts.data_ptr<double>();
   for (int k = 0; k < n_ghost_nodes; ++k)
-    std::copy_n(&comm_rows[static_cast<size_t>(node_atom[nlocal + k]) * width], width, out + static_cast<size_t>(k) * width);
+    std::copy_n(&comm_rows[static_cast<size_t>(graph.node_atom[nlocal + k]) * width], width, out + static_cast<size_t>(k) * width);
   return torch::cat({local, ghosts}).to(device, model_dtype);
 }
 
@@ -894,8 +702,8 @@ torch::Tensor PairEKD::exchange_gradients(const torch::Tensor &dz)
   const double *in = all.data_ptr<double>();
   comm_width = width;
   comm_rows.assign(static_cast<size_t>(nall) * width, 0.0);
-  for (int n = nlocal; n < n_nodes; ++n)
-    std::copy_n(in + static_cast<size_t>(n) * width, width, &comm_rows[static_cast<size_t>(node_atom[n]) * width]);
+  for (int n = nlocal; n < graph.n_nodes; ++n)
+    std::copy_n(in + static_cast<size_t>(n) * width, width, &comm_rows[static_cast<size_t>(graph.node_atom[n]) * width]);
   comm->reverse_comm(this);
   torch::Tensor from_ghosts = torch::from_blob(comm_rows.data(), {nlocal, width}, torch::kFloat64);
   return (all.narrow(0, 0, nlocal) + from_ghosts).to(device, model_dtype);
@@ -945,10 +753,10 @@ void PairEKD::write_back()
   }
 
   const double *g = edge_grad_out.data_ptr<double>();
-  const size_t n_edges = edge_i.size();
+  const size_t n_edges = graph.edge_i.size();
   for (size_t e = 0; e < n_edges; ++e) {
-    const int i = edge_i[e];
-    const int j = edge_j[e];
+    const int i = graph.edge_i[e];
+    const int j = graph.edge_j[e];
     const double gx = s * g[3 * e], gy = s * g[3 * e + 1], gz = s * g[3 * e + 2];
     f[i][0] += gx;
     f[i][1] += gy;
@@ -957,7 +765,7 @@ void PairEKD::write_back()
     f[j][1] -= gy;
     f[j][2] -= gz;
     if (vflag_either) {
-      const double rx = edge_vec[3 * e], ry = edge_vec[3 * e + 1], rz = edge_vec[3 * e + 2];
+      const double rx = graph.edge_vec[3 * e], ry = graph.edge_vec[3 * e + 1], rz = graph.edge_vec[3 * e + 2];
       const double v[6] = {-rx * gx, -ry * gy, -rz * gz, -rx * gy, -rx * gz, -ry * gz};
       if (vflag_global)
         for (int k = 0; k < 6; ++k) virial[k] += v[k];

@@ -6,7 +6,7 @@
      settings()    pair_style ekd FILE [device ..] [heap ..] [exchange ..]: file, device, units
      coeff()       pair_coeff * * El1 El2 ...: load the model, read metadata, type map
      init_style()  checks (newton, IDs), exchange or ghost shell, neighbour request, ghost cutoff
-     build_graph() nodes, species, directed edges within the cutoff
+     graph.build() nodes, species, directed edges within the cutoff (EKDGraph, ekd_graph.cpp)
      call_model()  one TorchScript call: energy, atom_energy, edge_grad
      call_layers() several ranks, models with layer(): the layers one by one, their features
                    exchanged between ranks (forward comm), then their gradients (reverse comm)
@@ -18,11 +18,11 @@
 
 #include "pair.h"
 
+#include "ekd_graph.h"
+
 #include <torch/script.h>
 
-#include <cstdint>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 namespace LAMMPS_NS {
@@ -51,10 +51,6 @@ class PairEKD : public Pair {
   void load_model();
   void read_metadata(const std::string &json_text);
   void check_layers();
-  void build_owner_map();
-  void build_graph();
-  void build_graph_local_receivers();
-  void build_graph_many_ranks();
   void input_tensors(torch::Tensor &vec, torch::Tensor &recv, torch::Tensor &send, torch::Tensor &spec);
   void call_model();
   void call_layers();
@@ -98,25 +94,9 @@ class PairEKD : public Pair {
   std::vector<double> comm_rows;
   int comm_width;
 
-  // --- graph buffers, reused from step to step -----------------------------
-  std::vector<int64_t> species;        // [N]
-  std::vector<int64_t> receivers;      // [E] node index
-  std::vector<int64_t> senders;        // [E] node index
-  std::vector<double> edge_vec;        // [E*3] float64, x(sender image) - x(receiver)
-  std::vector<float> edge_vec_f32;     // [E*3] when the model is float32
-  std::vector<int> edge_i;             // [E] LAMMPS index of the receiver atom
-  std::vector<int> edge_j;             // [E] LAMMPS index of the sender atom (maybe a ghost)
-  std::vector<int> node_atom;          // node -> LAMMPS index (local nodes: the atom itself)
-  std::vector<int> node_hop;           // ghost-shell path: graph distance from a local atom
-  std::vector<int> atom_node;          // LAMMPS index -> node or -1 (exchange: other ranks' atoms only)
-  int n_nodes;
-
-  // owner (local index) of every local and ghost atom (-1: owned by another rank), rebuilt on
-  // reneighbouring steps from a tag -> local index map
-  std::vector<int> owner;
-  std::vector<int> tag_to_local;
-  std::unordered_map<tagint, int> tag_to_local_sparse;
-  bigint owner_built_at;           // neighbor->ncalls when owner was built
+  // --- the graph of the step (buffers reused from step to step) ---------------
+  EKDGraph graph;
+  std::vector<float> edge_vec_f32;     // [E*3] graph.edge_vec for a float32 model
 
   // --- model outputs (CPU, float64) ----------------------------------------
   double model_energy;
@@ -126,9 +106,6 @@ class PairEKD : public Pair {
 
   // --- messages ------------------------------------------------------------
   bool overlap_warned;
-  bool overlap_found;
-  tagint overlap_tag_i, overlap_tag_j;
-  double overlap_dist;
   bool ghost_message_printed;
 };
 
