@@ -19,8 +19,8 @@ from typing import Dict
 from ase.data import atomic_numbers
 from ase.io import read
 
-from ekd.bench.boxes import base_box, box_of_size
-from ekd.bench.lammps_runner import MDResult, run_md
+from ekd.bench.timed_md import MDResult, run_md
+from ekd.md.boxes import base_box, box_of_size
 
 
 def main() -> None:

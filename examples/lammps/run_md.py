@@ -9,18 +9,17 @@ Writes student.pt and box.data next to in.md (in examples/lammps/), then runs `l
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from ekd.bench.boxes import base_box, box_of_size, representative_molecules
-from ekd.bench.lammps_runner import write_data
 from ekd.config import load_config
 from ekd.data import read_data
 from ekd.export import export_model
 from ekd.export.__main__ import checkpoints_for
+from ekd.md.boxes import base_box, box_of_size, representative_molecules
+from ekd.md.lammps_driver import lammps_command, run_lammps, write_data
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,17 +43,14 @@ def main() -> int:
     molecules = representative_molecules(read_data(load_config(args.run / "config.toml").data))
     box = box_of_size(base_box(molecules, copies=max(1, 120 // sum(len(m) for m in molecules)), density=args.density),
                       args.atoms)
-    write_data(HERE / "box.data", box, metadata["elements"])
+    write_data(HERE / "box.data", box, metadata.elements)
     deck = (HERE / "in.md").read_text().replace("pair_coeff      * * H C N O",
-                                                "pair_coeff      * * " + " ".join(metadata["elements"]))
+                                                "pair_coeff      * * " + " ".join(metadata.elements))
     (HERE / "in.generated.md").write_text(deck)
-    binary = Path(sys.executable).parent
-    command = [str(binary / "lmp"), "-in", "in.generated.md", "-var", "model", model.name]
-    if args.ranks > 1:
-        command = [str(binary / "mpirun"), "-np", str(args.ranks)] + command
-    print(f"{len(box)} atoms, {' '.join(metadata['elements'])}; running: {' '.join(command)}", flush=True)
-    result = subprocess.run(command, cwd=HERE)
-    return result.returncode
+    variables = {"model": model.name}
+    command = lammps_command("in.generated.md", args.ranks, echo=True, variables=variables)
+    print(f"{len(box)} atoms, {' '.join(metadata.elements)}; running: {' '.join(command)}", flush=True)
+    return run_lammps(HERE / "in.generated.md", args.ranks, echo=True, variables=variables).returncode
 
 
 if __name__ == "__main__":

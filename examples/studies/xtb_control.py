@@ -10,7 +10,7 @@ from tblite.ase import TBLite
 
 from ekd.config import EMBEDDED_DATA
 from ekd.data import DataSpec, read_data
-from ekd.evaluation.stability import FailureCriterion, MDSettings, pick_molecules, run_trajectory
+from ekd.stability import FailureCriterion, MDSettings, pick_molecules, run_trajectory
 
 
 def main() -> None:

@@ -15,3 +15,7 @@ class ConfigError(EkdError):
 
 class ModelFileError(EkdError):
     """A checkpoint or exported model cannot be used."""
+
+
+class LammpsError(EkdError):
+    """LAMMPS is missing or a LAMMPS run failed; the message carries LAMMPS's own ERROR line."""

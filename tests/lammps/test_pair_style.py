@@ -13,8 +13,9 @@ from ase import Atoms
 from ekd.calculator import EKDCalculator
 from ekd.config import load_config
 from ekd.export import export_model, read_metadata
+from ekd.md.lammps_driver import read_dump, read_thermo, write_data
 from ekd.run_directory import open_run
-from tests.lammps.lmp import EV_TO_KCAL_MOL, deck, read_result, run_lammps, thermo_column, write_data
+from tests.lammps.lmp import EV_TO_KCAL_MOL, deck, read_result, run_lammps
 
 REL = {"float64": 1e-10, "float32": 1e-5}
 
@@ -91,8 +92,8 @@ def python_reference(model: Path, atoms: Atoms) -> dict[str, np.ndarray]:
 def lammps_on(folder: Path, model: Path | str, atoms: Atoms, type_of: dict[str, int], units: str = "metal",
               ranks: int = 1, processors: str = ""):
     folder.mkdir(parents=True, exist_ok=True)
-    write_data(folder / "data.lmp", atoms, type_of)
     elements = [s for s, _ in sorted(type_of.items(), key=lambda kv: kv[1])]
+    write_data(folder / "data.lmp", atoms, elements)
     run_lammps(folder, deck(model, elements, units, processors=processors), ranks=ranks)
     return read_result(folder, units, (folder / "log.lammps").read_text())
 
@@ -114,7 +115,7 @@ def test_lammps_equals_python_on_a_periodic_box(tmp_path: Path, models: dict, bo
                                                 dtype: str) -> None:
     path = models[f"{model}_{dtype}"]
     # LAMMPS types in an order different from the model's element order
-    elements = read_metadata(path)["elements"]
+    elements = read_metadata(path).elements
     type_of = {s: k + 1 for k, s in enumerate(reversed(elements))}
     got = lammps_on(tmp_path, path, box, type_of)
     want = python_reference(path, box)
@@ -136,7 +137,7 @@ def test_single_molecule_and_units_real(tmp_path: Path, models: dict, box: Atoms
     molecule = box[:9].copy()
     molecule.cell = [30.0, 30.0, 30.0]
     molecule.positions += 15.0 - molecule.positions.mean(axis=0)
-    elements = read_metadata(path)["elements"]
+    elements = read_metadata(path).elements
     type_of = {s: k + 1 for k, s in enumerate(elements)}
     metal = lammps_on(tmp_path / "metal", path, molecule, type_of, "metal")
     real = lammps_on(tmp_path / "real", path, molecule, type_of, "real")
@@ -165,7 +166,7 @@ def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms,
     `processors 4 1 1` with the atoms squeezed into half the box leaves two ranks owning nothing,
     and sub-domains thinner than the cutoff (ghosts forwarded over several ranks)."""
     path = models[model]
-    elements = read_metadata(path)["elements"]
+    elements = read_metadata(path).elements
     type_of = {s: k + 1 for k, s in enumerate(elements)}
     atoms = box.copy()
     if processors:  # squeeze all atoms into the lower half of x: two of four ranks own nothing
@@ -191,7 +192,7 @@ def test_heap_system_gives_the_same_numbers(tmp_path: Path, models: dict, box: A
     """`heap system` (the C library's own heap settings) changes where tensors live, not what
     the model computes: the same energy, forces and virial as the default `heap keep`."""
     path = models["student_float64"]
-    type_of = {s: k + 1 for k, s in enumerate(read_metadata(path)["elements"])}
+    type_of = {s: k + 1 for k, s in enumerate(read_metadata(path).elements)}
     keep = lammps_on(tmp_path / "keep", path, box, type_of)
     system = lammps_on(tmp_path / "system", f"{path} heap system", box, type_of)
     assert np.abs(keep.forces).max() > 1e-3
@@ -204,8 +205,8 @@ def test_nve_conserves_energy(tmp_path: Path, models: dict, box: Atoms) -> None:
     """float64 student, 2,000 steps of 0.25 fs from 300 K: the total energy stays within
     1e-5 eV per atom of its start (drift and fluctuation together)."""
     path = models["student_float64"]
-    elements = read_metadata(path)["elements"]
-    write_data(tmp_path / "data.lmp", box, {s: k + 1 for k, s in enumerate(elements)})
+    elements = read_metadata(path).elements
+    write_data(tmp_path / "data.lmp", box, elements)
     text = f"""
 units metal
 atom_style atomic
@@ -223,8 +224,8 @@ run 2000
 """
     run_lammps(tmp_path, text)
     log = (tmp_path / "log.lammps").read_text()
-    total = thermo_column(log, 3)
-    kinetic = thermo_column(log, 2)
+    total = read_thermo(log).column("TotEng")
+    kinetic = read_thermo(log).column("KinEng")
     assert len(total) == 21 and kinetic.min() > 0
     drift = np.abs(total - total[0]).max() / len(box)
     print(f"\nagreement | NVE 2000 x 0.25 fs, {len(box)} atoms | max |E(t) - E(0)| per atom {drift:.2e} eV")
@@ -239,8 +240,8 @@ def test_md_on_several_ranks_follows_one_rank(tmp_path: Path, models: dict, box:
     trajectory on several ranks (features exchanged; 3 ranks: sub-domains thinner than the
     cutoff) stays on the one-rank trajectory to 1e-8 Å in float64."""
     path = models["teacher_float64"]
-    elements = read_metadata(path)["elements"]
-    write_data(tmp_path / "data.lmp", box, {s: k + 1 for k, s in enumerate(elements)})
+    elements = read_metadata(path).elements
+    write_data(tmp_path / "data.lmp", box, elements)
     positions = {}
     for n in (1, ranks):
         folder = tmp_path / f"ranks_{n}"
@@ -266,7 +267,7 @@ run 300
 write_dump all custom final.dump id x y z modify sort id format float %.17g
 """, ranks=n)
         log = (folder / "log.lammps").read_text()
-        positions[n] = np.loadtxt(folder / "final.dump", skiprows=9)[:, 1:4]
+        positions[n] = read_dump(folder / "final.dump")[300][:, 1:4]
         if n > 1:
             assert "exchange the features of 1 layer(s)" in log
     moved = np.abs(positions[1] - box.positions).max()
@@ -283,7 +284,7 @@ def with_metadata(path: Path, out: Path, module: torch.jit.ScriptModule | None =
 
     from ekd.export import METADATA_NAME
 
-    meta = {**read_metadata(path), **changes}
+    meta = {**json.loads(read_metadata(path).to_json()), **changes}
     module = torch.jit.load(str(path)) if module is None else module
     torch.jit.save(module, str(out), _extra_files={METADATA_NAME: json.dumps(meta)})
     return str(out)
@@ -310,8 +311,8 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms,
     import re
 
     path = models["student_float64"]
-    elements = read_metadata(path)["elements"]
-    write_data(tmp_path / "data.lmp", box, {s: k + 1 for k, s in enumerate(elements)})
+    elements = read_metadata(path).elements
+    write_data(tmp_path / "data.lmp", box, elements)
     model, coeff, units, pre, style_extra, ranks = str(path), " ".join(elements), "metal", "", "", 1
     if case == "missing":
         model = str(tmp_path / "absent.pt")
@@ -357,7 +358,7 @@ run 0
 """
     (tmp_path / "in.deck").write_text(text)
     result = run_lammps(tmp_path, text, ranks=ranks, check=False)
-    output = result.stdout + result.stderr
+    output = result.log + result.output
     assert result.returncode != 0
     error_lines = [line for line in output.splitlines() if "ERROR" in line]
     assert error_lines, output[-2000:]

@@ -23,10 +23,10 @@ from typing import Any, Dict, List, Sequence
 import torch
 
 from ..errors import EkdError
+from ..md.boxes import base_box, box_of_size, representative_molecules
 from . import report as report_module
-from .boxes import base_box, box_of_size, representative_molecules
-from .lammps_runner import run_md
 from .model_timing import time_model_in_child
+from .timed_md import run_md
 
 SKIN = 1.0
 

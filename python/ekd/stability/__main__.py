@@ -18,11 +18,14 @@ from typing import Sequence
 
 import torch
 
-from .data import DataSpec, read_data
-from .data.readers import FORMATS
-from .errors import EkdError
-from .evaluation.stability import (BoxSettings, FailureCriterion, MDSettings, StabilityRequest, markdown, pick_molecules,
-                                   run_stability)
+from ..data import DataSpec, read_data
+from ..data.readers import FORMATS
+from ..errors import EkdError
+from .box import BoxSettings
+from .criterion import FailureCriterion
+from .report import markdown
+from .run import StabilityRequest, pick_molecules, run_stability
+from .trajectories import MDSettings
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,4 +1,5 @@
-"""Periodic boxes of a data set's molecules at liquid-like density, for MD benchmarks.
+"""Periodic boxes of a data set's molecules at a chosen density, for MD in LAMMPS (the benchmark,
+the stability study's boxes, examples/lammps/run_md.py).
 
 A base box holds one copy of each molecule (its lowest-energy conformation) per lattice site,
 randomly oriented, at a chosen mass density; larger systems replicate the base box, so every

@@ -1,13 +1,10 @@
-"""The MD failure criterion on constructed trajectories, Kaplan–Meier survival, molecule picking."""
+"""The MD failure criterion on constructed trajectories."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from ekd.data import AtomsData
-from ekd.evaluation.stability import (FailureCriterion, covalent_bonds, first_failure, kaplan_meier,
-                                      median_survival, pick_molecules)
+from ekd.stability import FailureCriterion, covalent_bonds, first_failure
 
 WATER = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
 WATER_SPECIES = np.array([8, 1, 1])
@@ -83,27 +80,3 @@ def test_non_finite_energy_and_energy_jumps_are_caught() -> None:
     moved[4, 1, 0] = np.inf
     failure = first_failure(moved, smooth_energies(steps), WATER_SPECIES)
     assert failure is not None and failure.step == 4
-
-
-def test_kaplan_meier_by_hand() -> None:
-    times = [1.0, 2.0, 2.0, 3.0, 5.0]
-    failed = [True, True, False, True, False]
-    t, s = kaplan_meier(times, failed)
-    # t = 1: 5 at risk, 1 fails → 0.8; t = 2: 4 at risk, 1 fails → 0.6; t = 3: 2 at risk, 1 fails → 0.3
-    assert np.allclose(t, [0.0, 1.0, 2.0, 3.0])
-    assert np.allclose(s, [1.0, 0.8, 0.6, 0.3])
-    assert median_survival(times, failed) == pytest.approx(3.0)
-    assert median_survival([5.0, 5.0], [False, False]) is None
-    assert np.allclose(kaplan_meier([5.0, 5.0], [False, False])[1], [1.0])
-
-
-def test_pick_molecules() -> None:
-    data = AtomsData(species=np.array([8, 1, 1] * 3 + [1, 1]), positions=np.arange(33, dtype=float).reshape(11, 3),
-                     n_atoms=np.array([3, 3, 3, 2]), energy=np.array([-5.0, -7.0, -6.0, -1.0]),
-                     group=np.array([0, 0, 0, 1]), group_names=["H2O", "H2"])
-    lowest = pick_molecules(data, "lowest")
-    assert [m.name for m in lowest] == ["H2O", "H2"]
-    assert np.allclose(lowest[0].positions, data.positions[3:6])   # conformation 1 has the lowest energy
-    assert np.allclose(pick_molecules(data, "first")[0].positions, data.positions[0:3])
-    assert [m.name for m in pick_molecules(data, "all")] == ["H2O#0", "H2O#1", "H2O#2", "H2#0"]
-    assert len(pick_molecules(data, "lowest", limit=1)) == 1
