@@ -99,3 +99,36 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = load_config(write_tiny_config(folder))
     run_stages(config, folder / "run", "all", resume=False, progress=False)
     return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny run's student and teacher ensemble exported (float64), and its data options
+    (shared by the evaluate and stability command-line tests)."""
+    from ekd.config import load_config
+    from ekd.export import export_model
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("evaluate")
+    export_model([tiny_run / "student/checkpoint.pt"], folder / "student.pt", torch.float64)
+    teachers = [tiny_run / f"teachers/teacher_{k}/checkpoint.pt" for k in range(2)]
+    export_model(teachers, folder / "ensemble.pt", torch.float64)
+    spec = load_config(tiny_run / "config.toml").data
+    return {"student": folder / "student.pt", "ensemble": folder / "ensemble.pt", "teachers": teachers,
+            "run": tiny_run, "spec": spec,
+            "data_args": ["--data", spec.path, "--energy-key", spec.energy_key, "--forces-key", spec.forces_key]}
+
+
+def write_frames(path: Path, frames: list[tuple[list[int], np.ndarray, float, np.ndarray]]) -> Path:
+    """An extended-XYZ file of frames (atomic numbers, positions, energy, forces)."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    atoms_list = []
+    for numbers, positions, energy, forces in frames:
+        atoms = Atoms(numbers=numbers, positions=positions)
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        atoms_list.append(atoms)
+    write(path, atoms_list, format="extxyz")
+    return path

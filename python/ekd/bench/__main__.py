@@ -24,11 +24,10 @@ import torch
 
 from ..errors import EkdError
 from ..md.boxes import base_box, box_of_size, representative_molecules
+from ..md.lammps_driver import SKIN
 from . import report as report_module
 from .model_timing import time_model_in_child
 from .timed_md import run_md
-
-SKIN = 1.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

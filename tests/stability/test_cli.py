@@ -1,0 +1,73 @@
+"""`python -m ekd.stability` on the tiny run's exported models: molecules in ASE and a periodic
+box in LAMMPS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ekd.data import read_data
+from ekd.stability.__main__ import main as stability
+from tests.conftest import write_frames
+
+
+def stability_molecules(spec, path: Path) -> Path:
+    """Two molecules: the first conformations of the first two molecules of the data, or the
+    first one and a water molecule when the data hold one molecule only."""
+    data = read_data(spec)
+    frames = []
+    for g in range(min(2, len(data.group_names))):
+        c = int(np.flatnonzero(data.group == g)[0])
+        sl = slice(data.offsets[c], data.offsets[c + 1])
+        frames.append((data.species[sl], data.positions[sl], float(data.energy[c]), np.zeros((sl.stop - sl.start, 3))))
+    if len(frames) == 1:
+        water = np.array([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+        frames.append(([8, 1, 1], water, -2000.0, np.zeros((3, 3))))
+    return write_frames(path, frames)
+
+
+def test_quick_stability_run(tiny_exports: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    molecules = stability_molecules(tiny_exports["spec"], tmp_path / "molecules.xyz")
+    out = tmp_path / "st"
+    argv = [str(tiny_exports["student"]), str(tiny_exports["ensemble"]), "--molecules", str(molecules), "--steps", "50",
+            "--seeds", "2", "--out", str(out)]
+    assert stability(argv) == 0
+    report = json.loads((out / "stability.json").read_text())
+    assert len(report["molecules"]) == 2 and report["settings"]["run_length_ps"] == pytest.approx(0.0125)
+    for name in ("student", "ensemble"):
+        m = report["models"][name]
+        assert m["trajectories"] == 4 and 0.0 <= m["fraction_survived"] <= 1.0
+        assert set(m["per_molecule"]) == set(report["molecules"])
+        for row in m["trajectories_detail"]:
+            assert 0.0 <= row["time_ps"] <= 0.0125
+            assert row["survived"] == (row["reason"] == "")
+            if row["survived"]:
+                assert row["steps"] == 50 and row["time_ps"] == pytest.approx(0.0125)
+    assert (out / "survival.png").stat().st_size > 1000
+    assert "| student |" in (out / "stability.md").read_text()
+    capsys.readouterr()
+    # checkpoints are refused with what to do instead
+    assert stability([str(tiny_exports["run"] / "student/checkpoint.pt"), "--molecules", str(molecules),
+                      "--out", str(tmp_path / "x")]) == 2
+    assert "not an exported ekd model" in capsys.readouterr().err
+
+
+def test_stability_of_a_periodic_box_in_lammps(tiny_exports: dict, tmp_path: Path) -> None:
+    from ekd.md.lammps_driver import LMP
+
+    if not LMP.exists():
+        pytest.skip(f"no LAMMPS executable at {LMP}")
+    molecules = stability_molecules(tiny_exports["spec"], tmp_path / "molecules.xyz")
+    out = tmp_path / "box"
+    argv = [str(tiny_exports["student"]), "--molecules", str(molecules), "--steps", "20", "--seeds", "1",
+            "--lammps-box", "40", "--density", "0.3", "--out", str(out)]
+    assert stability(argv) == 0
+    box = json.loads((out / "stability.json").read_text())["models"]["student"]["lammps_box"]
+    (row,) = box["trajectories_detail"]
+    assert row["molecule"].startswith("box of ") and 0.0 <= row["time_ps"] <= 0.005
+    assert row["survived"] == (row["reason"] == "")
+    assert (out / "lammps" / "student_seed0" / "frames.dump").exists()
+    assert "Periodic box in LAMMPS" in (out / "stability.md").read_text()
