@@ -10,13 +10,14 @@ CONTRACT.md in this folder.
 """
 
 from .compile import export_model, load_for_export, verify
-from .load import (Evaluation, ExportedModel, MemberEvaluation, forces_from_edge_grad, is_exported, load_exported,
-                   model_names, read_metadata, virial_from_edge_grad)
+from .load import (SAME_POSITION, Evaluation, ExportedModel, MemberEvaluation, force_deviation, forces_from_edge_grad,
+                   is_exported, load_exported, model_names, read_metadata, refuse_same_positions,
+                   virial_from_edge_grad)
 from .metadata import FORMAT, FORMAT_VERSION, METADATA_NAME, Metadata, make_metadata
 from .module import DeployedEnsemble, DeployedPotential, deploy
 from .samples import SampleGraph, graph_of, sample_graphs
 
-__all__ = ["export_model", "load_for_export", "verify", "Evaluation", "ExportedModel", "MemberEvaluation",
-           "forces_from_edge_grad", "is_exported", "load_exported", "model_names", "read_metadata",
+__all__ = ["export_model", "load_for_export", "verify", "SAME_POSITION", "Evaluation", "ExportedModel",
+           "MemberEvaluation", "force_deviation", "forces_from_edge_grad", "refuse_same_positions", "is_exported", "load_exported", "model_names", "read_metadata",
            "virial_from_edge_grad", "FORMAT", "FORMAT_VERSION", "METADATA_NAME", "Metadata", "make_metadata",
            "DeployedEnsemble", "DeployedPotential", "deploy", "SampleGraph", "graph_of", "sample_graphs"]

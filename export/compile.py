@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -59,7 +59,8 @@ def export_model(checkpoints: Sequence[Path], out: Path, dtype: torch.dtype = to
 
 
 def verify(eager: torch.nn.Module, loaded: torch.jit.ScriptModule, model: Potential, dtype: torch.dtype) -> None:
-    """Refuse an export whose saved file disagrees with the eager model on sample structures."""
+    """Refuse an export whose saved file disagrees with the eager model on sample structures:
+    forward (and an ensemble's members), the layer chain, and the uncertainty output."""
     tolerance = TOLERANCE[dtype]
     for k, g in enumerate(sample_graphs(model.n_species, model.cutoff)):
         args = (g.edge_vectors.to(dtype), g.receivers, g.senders, g.species, g.n_local)
@@ -71,12 +72,31 @@ def verify(eager: torch.nn.Module, loaded: torch.jit.ScriptModule, model: Potent
             names += ["member energies", "member edge_grad"]
         for name, a, b in zip(names, expected, got):
             _check(k, f"{name} of the saved file differs from the eager model", a, b, tolerance)
+        chained = None
         if hasattr(eager, "layer"):  # the layers chained must give forward's energies and gradients
             whole = eager(g.edge_vectors.to(dtype), g.receivers, g.senders, g.species, len(g.species))
             chained = chain_layers(loaded, model.num_interactions, g.edge_vectors.to(dtype), g.receivers,
                                    g.senders, g.species)
             for name, a, b in zip(["atom_energy", "edge_grad"], whole[1:], chained):
                 _check(k, f"layer-by-layer {name} differs from forward", a, b, tolerance)
+        if hasattr(eager, "forward_with_uncertainty"):
+            _verify_uncertainty(k, eager, loaded, args, chained, tolerance)
+
+
+def _verify_uncertainty(k: int, eager: torch.nn.Module, loaded: torch.jit.ScriptModule, args: tuple,
+                        chained: Optional[tuple], tolerance: float) -> None:
+    """The uncertainty of the saved file equals the eager model's, also from the layer chain."""
+    if not hasattr(loaded, "forward_with_uncertainty"):
+        raise ModelFileError(f"export check failed on sample structure {k}: the saved file has no "
+                             "forward_with_uncertainty; nothing was written")
+    expected = eager.forward_with_uncertainty(*args)
+    got = loaded.forward_with_uncertainty(*args)
+    _check(k, "atom_uncertainty of the saved file differs from the eager model", expected[3], got[3], tolerance)
+    if chained is not None:
+        if len(chained) < 3:
+            raise ModelFileError(f"export check failed on sample structure {k}: the saved file has no "
+                                 "atom_uncertainty for the layer path; nothing was written")
+        _check(k, "layer-by-layer atom_uncertainty differs from forward", expected[3], chained[2], tolerance)
 
 
 def _check(k: int, what: str, expected: torch.Tensor, got: torch.Tensor, tolerance: float) -> None:

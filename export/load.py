@@ -2,8 +2,8 @@
 `ekd.bench` and `ekd.stability` (the C++ reader is `pair_style/`).
 
     model = load_exported("student.pt")            # checked metadata, species map
-    out = model.evaluate(edge_vectors, receivers, senders, species, n_atoms)
-    out.energy, out.atom_energy, out.forces, out.virial
+    out = model.evaluate(edge_vectors, receivers, senders, species, n_atoms, uncertainty=True)
+    out.energy, out.atom_energy, out.forces, out.virial, out.atom_uncertainty
 
 Forces and virial follow CONTRACT.md §2 from `edge_grad`; this is the only Python code that
 turns edge gradients into forces.
@@ -14,11 +14,11 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
-from ekd.errors import ModelFileError
+from ekd.errors import DataError, ModelFileError
 
 from .metadata import METADATA_NAME, Metadata
 
@@ -32,6 +32,7 @@ class Evaluation:
     forces: torch.Tensor          # (N, 3)
     virial: torch.Tensor          # (3, 3)
     edge_grad: torch.Tensor       # (E, 3)
+    atom_uncertainty: Optional[torch.Tensor] = None   # (N,) eV/Å: the file's own, or its members' deviation
 
 
 @dataclass
@@ -55,6 +56,11 @@ class ExportedModel:
     def elements(self) -> List[str]:
         return list(self.metadata.elements)
 
+    @property
+    def has_uncertainty(self) -> bool:
+        """A per-atom uncertainty: the file's own output, or the deviation of an ensemble's members."""
+        return self.metadata.atom_uncertainty or (self.metadata.is_ensemble and self.metadata.members > 1)
+
     def species_index(self, symbols: Sequence[str]) -> torch.Tensor:
         """Model species index of each atom; an element the model does not know is refused,
         naming the first atom of it."""
@@ -67,16 +73,28 @@ class ExportedModel:
         return torch.tensor([index[s] for s in symbols], dtype=torch.long, device=self.device)
 
     def evaluate(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
-                 species: torch.Tensor, n_atoms: int) -> Evaluation:
+                 species: torch.Tensor, n_atoms: int, uncertainty: bool = False) -> Evaluation:
         """One call of `forward` with every atom a local node (CONTRACT.md §2); the virial
         uses `edge_vectors` as given (float64 positions keep it float64 for float32 models,
-        as in the pair style)."""
+        as in the pair style). With `uncertainty`, also the per-atom uncertainty of a file that
+        has one (`has_uncertainty`): its own output (§2c) or its members' force deviation."""
+        refuse_same_positions(edge_vectors, receivers, senders)
         vectors = edge_vectors.to(device=self.device, dtype=self.metadata.torch_dtype)
-        energy, atom_energy, edge_grad = self.module(vectors, receivers, senders, species, n_atoms)
+        atom_uncertainty = None
+        if uncertainty and self.metadata.atom_uncertainty:
+            energy, atom_energy, edge_grad, own = self.module.forward_with_uncertainty(
+                vectors, receivers, senders, species, n_atoms)
+            atom_uncertainty = own.detach().to("cpu", torch.float64)
+        else:
+            energy, atom_energy, edge_grad = self.module(vectors, receivers, senders, species, n_atoms)
+        if uncertainty and atom_uncertainty is None and self.has_uncertainty:
+            members = self.evaluate_members(edge_vectors, receivers, senders, species, n_atoms)
+            atom_uncertainty = force_deviation(members.forces)
         grad = edge_grad.detach().to("cpu", torch.float64)
         return Evaluation(float(energy), atom_energy.detach().to("cpu", torch.float64)[:n_atoms],
                           forces_from_edge_grad(grad, receivers.cpu(), senders.cpu(), n_atoms),
-                          virial_from_edge_grad(edge_vectors.detach().to("cpu", torch.float64), grad), grad)
+                          virial_from_edge_grad(edge_vectors.detach().to("cpu", torch.float64), grad), grad,
+                          atom_uncertainty)
 
     def evaluate_members(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                          species: torch.Tensor, n_atoms: int) -> MemberEvaluation:
@@ -117,6 +135,27 @@ def is_exported(path: Path) -> bool:
             return any(name.endswith(f"/extra/{METADATA_NAME}") for name in archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+# Two atoms closer than this (Å) are at the same position: the model's gradient is undefined there
+# (the pair style refuses the same pairs).
+SAME_POSITION = 1e-4
+
+
+def refuse_same_positions(edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor) -> None:
+    """An error naming the first two atoms (graph nodes) at the same position, and their distance."""
+    lengths = torch.linalg.vector_norm(edge_vectors.detach().to(torch.float64), dim=-1)
+    close = torch.nonzero(lengths < SAME_POSITION).flatten()
+    if len(close):
+        e = int(close[0])
+        raise DataError(f"atoms {int(receivers[e])} and {int(senders[e])} are {float(lengths[e]):.2e} Å apart "
+                        f"(closer than {SAME_POSITION:g} Å: two atoms at the same position)")
+
+
+def force_deviation(member_forces: torch.Tensor) -> torch.Tensor:
+    """Per-atom committee deviation sqrt(mean_k |F_k − mean F|²) of (M, N, 3) member forces."""
+    deviation = member_forces - member_forces.mean(dim=0)
+    return deviation.square().sum(dim=-1).mean(dim=0).sqrt()
 
 
 def forces_from_edge_grad(grad: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,

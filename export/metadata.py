@@ -18,12 +18,13 @@ import torch
 import ekd
 from ekd.errors import ModelFileError
 from ekd.models import Ensemble, Potential
+from ekd.models.potential import has_uncertainty
 
 from .module import exchange_features
 
 METADATA_NAME = "ekd.json"
 FORMAT = "ekd-potential"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # the newest this ekd reads; 2 added atom_uncertainty (CONTRACT.md §2c)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Metadata:
     hyperparameters: Dict[str, Any] = field(default_factory=dict)
     members: int = 1
     exchange_features: List[int] = field(default_factory=list)   # absent in older files: no layer()
+    atom_uncertainty: bool = False          # forward_with_uncertainty (§2c); absent before version 2
+    uncertainty_scale: float = 1.0          # calibration already applied inside the file (information)
     provenance: Dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -92,7 +95,7 @@ class Metadata:
 
 def _check_types(metadata: Metadata) -> None:
     """Refuse values of the wrong type, naming the key (a str where a number belongs, ...)."""
-    numbers = ("cutoff", "receptive_field", "min_distance")
+    numbers = ("cutoff", "receptive_field", "min_distance", "uncertainty_scale")
     for key in numbers:
         value = getattr(metadata, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -121,6 +124,10 @@ def make_metadata(model: Potential, dtype: torch.dtype, checkpoint_sha256: List[
         hyperparameters=model.hyperparameters(),
         members=len(model.members) if isinstance(model, Ensemble) else 1,
         exchange_features=exchange_features(model),
+        atom_uncertainty=has_uncertainty(model),
+        # the oldest version whose readers run the file: version 1 readers know no uncertainty
+        format_version=2 if has_uncertainty(model) else 1,
+        uncertainty_scale=float(model.uncertainty_head.scale) if has_uncertainty(model) else 1.0,
         provenance={"checkpoint_sha256": list(checkpoint_sha256), "ekd_version": ekd.__version__,
                     "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
     )

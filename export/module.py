@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ekd.models import Ensemble, Potential
+from ekd.models.potential import has_uncertainty
 
 
 class DeployedPotential(nn.Module):
@@ -78,10 +79,38 @@ class DeployedLayers(DeployedPotential):
         return z_next, energy
 
 
+class DeployedUncertainty(DeployedPotential):
+    """A model with its own per-atom uncertainty (CONTRACT.md §2c): `forward_with_uncertainty`
+    gives forward's outputs and the uncertainty of every local node (eV/Å, float64; the model's
+    calibration scale included)."""
+
+    @torch.jit.export
+    def forward_with_uncertainty(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                                 species: torch.Tensor, n_local: int
+                                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        vectors = edge_vectors.detach().requires_grad_(True)
+        terms, uncertainty = self.model.forward_with_uncertainty(vectors, receivers, senders, species, n_local)
+        network = terms.sum(dim=1)
+        edge_grad = _gradient(network[:n_local].sum(), vectors)
+        atom_energy = network.detach().to(torch.float64) + self.reference[species]
+        return atom_energy[:n_local].sum(), atom_energy, edge_grad, uncertainty[:n_local].detach().to(torch.float64)
+
+
+class DeployedLayersUncertainty(DeployedLayers, DeployedUncertainty):
+    """Layer by layer (§2b) and with its own uncertainty (§2c); on the layer path the pair style
+    passes the last layer's features to `atom_uncertainty`."""
+
+    @torch.jit.export
+    def atom_uncertainty(self, z_last: torch.Tensor) -> torch.Tensor:
+        """The uncertainty (eV/Å, float64) from the features the last `layer` call returned."""
+        return self.model.atom_uncertainty(z_last).detach().to(torch.float64)
+
+
 def chain_layers(module: nn.Module, n_layers: int, edge_vectors: torch.Tensor, receivers: torch.Tensor,
-                 senders: torch.Tensor, species: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                 senders: torch.Tensor, species: torch.Tensor) -> Tuple[torch.Tensor, ...]:
     """A graph whose nodes are all local, evaluated through `layer` as the pair style chains the
-    layers (here nothing needs exchanging): (float64 atom energies, edge_grad). For checks."""
+    layers (here nothing needs exchanging): (float64 atom energies, edge_grad), and the atom
+    uncertainty from the last layer's features when the module has one. For checks."""
     vectors = edge_vectors.detach().requires_grad_(True)
     n = int(species.shape[0])
     z = vectors.new_zeros(n, 0)
@@ -90,7 +119,10 @@ def chain_layers(module: nn.Module, n_layers: int, edge_vectors: torch.Tensor, r
     for t in range(n_layers):
         z, terms = module.layer(t, z, features, receivers, senders, species, n)
         energy = energy + terms
-    return energy.detach(), _gradient(energy.sum(), vectors)
+    gradient = _gradient(energy.sum(), vectors)
+    if hasattr(module, "atom_uncertainty"):
+        return energy.detach(), gradient, module.atom_uncertainty(z)
+    return energy.detach(), gradient
 
 
 def _gradient(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -102,10 +134,13 @@ def _gradient(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def deploy(model: Potential) -> DeployedPotential:
-    """The contract wrapper for `model` (ensembles get the extra `members` method)."""
+    """The contract wrapper for `model` (ensembles get the extra `members` method, models with an
+    uncertainty head `forward_with_uncertainty`)."""
     model = model.eval()
     if isinstance(model, Ensemble):
         return DeployedEnsemble(model)
+    if has_uncertainty(model):
+        return DeployedLayersUncertainty(model) if exchange_features(model) else DeployedUncertainty(model)
     return DeployedLayers(model) if exchange_features(model) else DeployedPotential(model)
 
 

@@ -22,7 +22,8 @@ def model_files(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     teacher = tiny_run / "teachers/teacher_0/checkpoint.pt"
     export_model([teacher], folder / "teacher.pt", torch.float64)
     export_model([teacher, tiny_run / "teachers/teacher_1/checkpoint.pt"], folder / "ensemble.pt", torch.float64)
-    return {"teacher": folder / "teacher.pt", "ensemble": folder / "ensemble.pt"}
+    export_model([tiny_run / "student/checkpoint.pt"], folder / "student.pt", torch.float64)
+    return {"teacher": folder / "teacher.pt", "ensemble": folder / "ensemble.pt", "student": folder / "student.pt"}
 
 
 def water_box() -> Atoms:
@@ -88,6 +89,41 @@ def test_ensemble_spread(model_files: dict) -> None:
     assert results["member_energies"].mean() == pytest.approx(energy, rel=1e-12)
     assert np.allclose(results["member_forces"].mean(axis=0), atoms.get_forces(), atol=1e-10)
     assert results["energy_std"] > 0 and results["forces_std"].shape == (len(atoms),)
+    members = results["member_forces"]
+    deviation = np.sqrt(np.mean(np.sum((members - members.mean(axis=0)) ** 2, axis=-1), axis=0))
+    assert np.allclose(results["atom_uncertainty"], deviation, rtol=1e-12, atol=0)
+    assert np.array_equal(results["atom_uncertainty"], results["forces_std"]) and deviation.min() > 0
+
+
+def test_student_uncertainty(model_files: dict) -> None:
+    """A student with an uncertainty head gives its own per-atom uncertainty; a plain model none."""
+    import torch
+
+    from ekd.export import graph_of
+
+    atoms = water_box()
+    atoms.calc = EKDCalculator(str(model_files["student"]))
+    atoms.get_potential_energy()
+    got = atoms.calc.results["atom_uncertainty"]
+    module = torch.jit.load(str(model_files["student"]))
+    g = graph_of(np.array([3 if s == "O" else 0 for s in atoms.get_chemical_symbols()]), atoms.positions,
+                 atoms.calc.cutoff, np.asarray(atoms.cell))
+    assert atoms.calc.elements[3] == "O" and atoms.calc.elements[0] == "H"
+    expected = module.forward_with_uncertainty(g.edge_vectors, g.receivers, g.senders, g.species, g.n_local)[3]
+    assert got.shape == (len(atoms),) and np.allclose(got, expected.numpy(), rtol=1e-12, atol=0)
+    atoms.calc = EKDCalculator(str(model_files["teacher"]))
+    atoms.get_potential_energy()
+    assert "atom_uncertainty" not in atoms.calc.results
+
+
+def test_atoms_at_the_same_position_are_refused(model_files: dict) -> None:
+    from ekd.errors import DataError
+
+    atoms = Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [0.96, 0, 0.00005]])
+    atoms.calc = EKDCalculator(str(model_files["student"]))
+    with pytest.raises(DataError, match=r"atoms 1 and 2 are 5.00e-05 Å apart \(closer than 0.0001 Å: two atoms at "
+                                        "the same position\)"):
+        atoms.get_potential_energy()
 
 
 def test_unknown_element_and_missing_file(model_files: dict, tmp_path: Path) -> None:

@@ -4,9 +4,12 @@
     atoms.calc = EKDCalculator("student.pt")          # device="cpu" | "cuda"
     atoms.get_potential_energy(); atoms.get_forces(); atoms.get_stress()  # stress if periodic
 
-Energies in eV, forces in eV/Å, stress in eV/Å³ (ASE units). For an exported ensemble the
-calculator also gives `energy_std` (spread of member energies) and `forces_std` (per-atom
-spread of member forces) in `calc.results`.
+Energies in eV, forces in eV/Å, stress in eV/Å³ (ASE units). Files with a per-atom
+uncertainty also give `atom_uncertainty` (eV/Å, per atom) in `calc.results`: a student's own
+(its uncertainty head, calibrated at export) or, for an exported ensemble, the deviation of its
+members' forces sqrt(mean_k |F_k − mean F|²) — the same number as `forces_std`, which ensembles
+give with `energy_std` (spread of member energies), `member_energies` and `member_forces`.
+Two atoms at the same position (closer than 1e-4 Å) are an error naming both.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import primitive_neighbor_list
 
 from .errors import ModelFileError
+from .export import force_deviation
 
 
 class EKDCalculator(Calculator):
     """ASE calculator backed by an exported ekd TorchScript file (see export/CONTRACT.md)."""
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "atom_uncertainty"]
 
     def __init__(self, model_path: str, device: str = "cpu", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -67,12 +71,14 @@ class EKDCalculator(Calculator):
         atoms = self.atoms
         species = self.model.species_index(atoms.get_chemical_symbols())
         i, j, vectors = self._graph(atoms)
-        self._warn_close_contacts(vectors)
         graph = (torch.as_tensor(vectors), torch.as_tensor(i, dtype=torch.long, device=self.device),
                  torch.as_tensor(j, dtype=torch.long, device=self.device), species, len(atoms))
-        out = self.model.evaluate(*graph)
+        out = self.model.evaluate(*graph, uncertainty=self.metadata.atom_uncertainty)
+        self._warn_close_contacts(vectors)
         results: Dict[str, Any] = {"energy": out.energy, "free_energy": out.energy,
                                    "energies": out.atom_energy.numpy(), "forces": out.forces.numpy()}
+        if out.atom_uncertainty is not None:
+            results["atom_uncertainty"] = out.atom_uncertainty.numpy()
         if atoms.pbc.all():
             stress = -out.virial.numpy() / atoms.get_volume()
             results["stress"] = stress.reshape(9)[[0, 4, 8, 5, 2, 1]]
@@ -82,8 +88,7 @@ class EKDCalculator(Calculator):
 
     def _spread(self, *graph: Any) -> Dict[str, Any]:
         members = self.model.evaluate_members(*graph)
-        forces = members.forces.numpy()
-        mean = forces.mean(axis=0)
-        return {"energy_std": float(members.energies.std(unbiased=False)),
-                "forces_std": np.sqrt(np.mean(np.sum((forces - mean) ** 2, axis=-1), axis=0)),
-                "member_energies": members.energies.numpy(), "member_forces": forces}
+        deviation = force_deviation(members.forces).numpy()
+        return {"energy_std": float(members.energies.std(unbiased=False)), "forces_std": deviation,
+                "atom_uncertainty": deviation, "member_energies": members.energies.numpy(),
+                "member_forces": members.forces.numpy()}

@@ -80,12 +80,14 @@ class TeachersSettings:
 
 def _student_train() -> TrainConfig:
     # 0.3 beat 1.0 on MD17 ethanol (student force RMSE 541 vs 555 meV/Å, same teachers)
-    return TrainConfig(forces_weight=0.3)
+    return TrainConfig(forces_weight=0.3, uncertainty_weight=1.0)
 
 
 @dataclass
 class StudentSettings:
     """[student] kind / model: the student's architecture (the baseline uses the same);
+    uncertainty_head: hidden width of the student's per-atom uncertainty head, which learns the
+    teachers' force spread (hipnn students; 0: none; the baseline never has one);
     train: [student.train], with forces_weight > 0 (ensemble-mean forces) and optionally
     atom_energy_weight > 0 (ensemble-mean atomic energies)."""
 
@@ -93,7 +95,13 @@ class StudentSettings:
     model: Dict[str, Any] = field(default_factory=lambda: {
         "n_features": 32, "n_sensitivities": 16, "n_interactions": 2, "n_atom_layers": 2, "cutoff": 5.0,
         "soft_max": 4.5})
+    uncertainty_head: int = 16
     train: TrainConfig = field(default_factory=_student_train)
+
+    def architecture(self, uncertainty: bool) -> Dict[str, Any]:
+        """The model hyperparameters: the student's (with its head) or the baseline's (without)."""
+        return {**self.model, "uncertainty_head": self.uncertainty_head} if uncertainty and self.uncertainty_head \
+            else dict(self.model)
 
 
 @dataclass
@@ -159,6 +167,17 @@ class RunConfig:
                               "teachers learn from energies only")
         if not teachers.train.energy_weight:
             raise ConfigError("[teachers.train] energy_weight must be positive")
+        if teachers.train.uncertainty_weight:
+            raise ConfigError("[teachers.train] uncertainty_weight must be 0: teachers have no uncertainty head "
+                              "(their spread is the ensemble's)")
+        student = self.student
+        if "uncertainty_head" in student.model:
+            raise ConfigError("[student] model: give uncertainty_head in [student], not in model")
+        if student.uncertainty_head < 0:
+            raise ConfigError(f"[student] uncertainty_head must be >= 0 (0: none), got {student.uncertainty_head}")
+        if student.uncertainty_head and student.kind != "hipnn":
+            raise ConfigError(f"[student] uncertainty_head: only hipnn students have an uncertainty head; set "
+                              f"uncertainty_head = 0 for a {student.kind} student")
         if self.student.train.forces_weight <= 0 and self.student.train.atom_energy_weight <= 0:
             raise ConfigError("[student.train] forces_weight and atom_energy_weight are both 0: the student "
                               "would learn nothing from the teachers")
@@ -166,8 +185,11 @@ class RunConfig:
         self.student.train.check("student.train")
         for k in range(teachers.count):
             kind, hyper, _ = teachers.member(k, self.run.seed)
+            if "uncertainty_head" in hyper:
+                raise ConfigError(f"teacher {k}: uncertainty_head: teachers have no uncertainty head (their "
+                                  "members' spread is the ensemble's uncertainty)")
             _check_hyperparameters(kind, hyper, f"teacher {k}")
-        _check_hyperparameters(self.student.kind, self.student.model, "student")
+        _check_hyperparameters(self.student.kind, self.student.architecture(uncertainty=True), "student")
         return self
 
 

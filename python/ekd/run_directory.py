@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .config import RunConfig, config_to_toml
+from .config import RunConfig, config_from_dict, config_to_toml
 from .data import (AtomsData, GraphData, ReadReport, describe, fit_reference_energies, load_split, make_split,
                    read_data, residual_energy, save_split)
 from .data.sharded import HDF5Source, Holding, balanced_ranges, is_hdf5, neighbor_pairs_in_chunks
@@ -146,7 +146,8 @@ def _check_or_save_config(layout: RunLayout, config: RunConfig, write: bool = Tr
     if not path.exists() and not write:
         raise ConfigError(f"{path} is missing (rank 0 writes it before the other ranks read it)")
     if path.exists():
-        saved = tomllib.loads(path.read_text())
+        # keys this ekd added since the run began take their defaults, so an older run resumes
+        saved = tomllib.loads(config_to_toml(config_from_dict(tomllib.loads(path.read_text()), str(path))))
         current = tomllib.loads(text)
         for table in (saved, current):  # speed-only settings may change between invocations
             table.get("run", {}).pop("threads", None)

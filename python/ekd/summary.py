@@ -8,6 +8,10 @@ summary.json:
                force errors are null where the data have no true forces.
     training:  {name: {epochs, best_epoch, stop_reason, seconds, conformations_per_second, parameters}}
     distillation: student / baseline ratios of the test-split errors
+    uncertainty: {name: {split: {spearman, rmse_over_rms_spread, auc_worst_10pct, count, bins, ...}}}
+               for the ensemble (its members' force deviation) and a student with an uncertainty
+               head, on the splits with true forces: how the per-atom uncertainty ranks and sizes
+               the true force error (ekd.evaluate.error_metrics.uncertainty_metrics)
     data:      source and split sizes
 """
 
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .fileio import atomic_write_text
-from .evaluate import mean_prediction, parity_plots, split_metrics
+from .evaluate import mean_prediction, parity_plots, split_metrics, uncertainty_calibration
 from .models import count_parameters, load_model
 from .run_directory import RunDirectory
 from .run_layout import BASELINE, STUDENT, teacher_name
@@ -94,11 +98,24 @@ def write_summary(run: RunDirectory) -> str:
         "distillation": {"student_over_baseline_force_rmse_test": _ratio(models, "force_rmse"),
                          "student_over_baseline_energy_rmse_test": _ratio(models, "energy_rmse")},
         "plots": plot_paths,
+        "uncertainty": _uncertainty(predictions, run),
     }
     atomic_write_text(run.summary_json, json.dumps(summary, indent=1))
     table = markdown_table(summary)
     atomic_write_text(run.summary_md, table)
     return table
+
+
+def _uncertainty(predictions: Dict[str, Dict[str, Predictions]], run: RunDirectory) -> Dict[str, Any]:
+    """Calibration of every per-atom uncertainty against the true force errors, per split."""
+    out: Dict[str, Any] = {}
+    for name, by_split in predictions.items():
+        for split in ("val", "test"):
+            if split in by_split:
+                calibration = uncertainty_calibration(by_split[split], run.data)
+                if calibration is not None:
+                    out.setdefault(name, {})[split] = calibration
+    return out
 
 
 def _fmt(value: Optional[float], scale: float) -> str:
@@ -126,6 +143,15 @@ def markdown_table(summary: Dict[str, Any]) -> str:
                   f"{ratios['student_over_baseline_energy_rmse_test']:.3f}"
                   + (f", force RMSE {ratios['student_over_baseline_force_rmse_test']:.3f}"
                      if ratios["student_over_baseline_force_rmse_test"] is not None else "")]
+    if summary.get("uncertainty"):
+        lines += ["", "Per-atom uncertainty (ensemble: its members' force deviation; student: its own head) "
+                  "against the true force error |F − F_true|: Spearman ρ, RMS error / RMS uncertainty "
+                  "(1 = calibrated), ROC AUC of flagging the 10 % of atoms with the largest error.", "",
+                  "| model | split | ρ | RMS error / RMS u | AUC worst 10 % | atoms |", "|---|---|---:|---:|---:|---:|"]
+        for name, by_split in summary["uncertainty"].items():
+            for split, u in by_split.items():
+                lines.append(f"| {name} | {split} | {_fmt(u['spearman'], 1)} | {_fmt(u['rmse_over_rms_spread'], 1)} | "
+                             f"{_fmt(u['auc_worst_10pct'], 1)} | {u['count']} |")
     lines += ["", "| model | parameters | epochs | best epoch | train time (s) | conformations/s | stopped because |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for name, t in summary["training"].items():

@@ -34,7 +34,8 @@ def test_report_of_exported_files_and_checkpoints(tiny_exports: dict, tmp_path: 
     # the exported file through the contract and its checkpoint through predict_all agree (float64)
     exported, checkpoint = report["models"]["student"], report["models"]["run/student"]
     assert exported["energy"]["mae"] == pytest.approx(checkpoint["energy"]["mae"], rel=1e-8)
-    assert "uncertainty" in report["models"]["ensemble"] and "uncertainty" not in exported
+    # the student's own uncertainty (its head), the ensemble's members' spread
+    assert "uncertainty" in report["models"]["ensemble"] and exported["uncertainty"]["energy"] is None
     energy_u = report["models"]["ensemble"]["uncertainty"]["energy"]
     assert sum(b["count"] for b in energy_u["bins"]) == 80 and energy_u["rms_spread"] > 0
     if report["data"]["conformations_with_forces"]:
@@ -42,6 +43,9 @@ def test_report_of_exported_files_and_checkpoints(tiny_exports: dict, tmp_path: 
         assert 0 <= exported["forces"]["angle_mean_deg"] <= 180
         assert set(exported["forces_by_element"]) <= set(report["data"]["elements"])
         assert report["models"]["ensemble"]["uncertainty"]["forces"]["count"] > 0
+        own, again = exported["uncertainty"]["forces"], checkpoint["uncertainty"]["forces"]
+        assert own["count"] > 0 and 0 <= own["auc_worst_10pct"] <= 1
+        assert own["rms_spread"] == pytest.approx(again["rms_spread"], rel=1e-8)
         assert (out / "force_parity.png").stat().st_size > 1000
     assert (out / "energy_parity.png").stat().st_size > 1000
     assert (out / "calibration.png").stat().st_size > 1000

@@ -134,3 +134,18 @@ def test_finite_difference_sign_check() -> None:
     far = harmonic_trajectory(step_size=0.5)
     assert len(trajectory_pairs(far)) == 0
     assert check_sign_by_finite_differences(far).method == "none"
+
+
+def test_roc_auc_is_the_fraction_of_correctly_ordered_pairs() -> None:
+    from ekd.evaluate.error_metrics import roc_auc, uncertainty_metrics
+
+    rng = np.random.default_rng(5)
+    score = rng.integers(0, 6, size=40).astype(float)  # ties count half
+    positive = rng.random(40) < 0.3
+    pairs = [(a, b) for a in score[positive] for b in score[~positive]]
+    brute = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+    assert roc_auc(score, positive) == pytest.approx(brute, rel=1e-12)
+    assert roc_auc(score, np.zeros(40, bool)) is None
+    error = rng.random(200)
+    assert uncertainty_metrics(error, error)["auc_worst_10pct"] == pytest.approx(1.0)
+    assert uncertainty_metrics(-error, error)["auc_worst_10pct"] == pytest.approx(0.0)

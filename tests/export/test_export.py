@@ -169,3 +169,27 @@ def test_older_metadata_still_loads(tmp_path: Path, exported: dict) -> None:
     old = {k: v for k, v in good.items() if k not in ("min_distance", "exchange_features")}
     meta = read_metadata(_with_metadata(tmp_path, source, "old.pt", json.dumps({**old, "future_key": 1})))
     assert meta.min_distance == 0.0 and meta.exchange_features == [] and meta.cutoff == good["cutoff"]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_student_uncertainty_in_the_file_equals_eager(tiny_run: Path, exported: dict, dtype: str) -> None:
+    """A student with an uncertainty head exports as format version 2 with
+    `forward_with_uncertainty` (CONTRACT.md §2c): the training model's uncertainty (float64) per
+    atom, on the whole-graph path and from the last layer's features on the layer path."""
+    from ekd.export.module import chain_layers
+    from ekd.export.samples import sample_graphs
+
+    meta = read_metadata(exported[f"student_{dtype}"])
+    assert meta.format_version == 2 and meta.atom_uncertainty and meta.uncertainty_scale == 1.0
+    assert read_metadata(exported[f"teacher_0_{dtype}"]).format_version == 1
+    eager = load_model(tiny_run / "student/checkpoint.pt")
+    module = torch.jit.load(str(exported[f"student_{dtype}"]))
+    tolerance = TOLERANCE[dtype]
+    for g in sample_graphs(eager.n_species, eager.cutoff):
+        _, expected = eager.forward_with_uncertainty(g.edge_vectors, g.receivers, g.senders, g.species)
+        vectors = g.edge_vectors.to(getattr(torch, dtype))
+        got = module.forward_with_uncertainty(vectors, g.receivers, g.senders, g.species, g.n_local)[3]
+        assert got.dtype == torch.float64 and got.shape == (g.n_local,)
+        assert torch.allclose(got, expected.detach(), rtol=tolerance, atol=0)
+        layered = chain_layers(module, eager.num_interactions, vectors, g.receivers, g.senders, g.species)[2]
+        assert torch.allclose(layered, got, rtol=tolerance, atol=0)

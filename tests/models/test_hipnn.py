@@ -259,3 +259,39 @@ def test_neighbor_slots_unsorted() -> None:
 def test_bad_hyperparameters_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         HIPNN(ELEMENTS, HIPNNConfig(**bad))
+
+
+def test_uncertainty_head_leaves_energies_and_their_gradients_alone(dtype: torch.dtype) -> None:
+    """The head reads detached features and its parameters are drawn last: a model with a head has
+    the same initial parameters, energies and forces as one without, and the head's loss puts no
+    gradient on any other parameter."""
+    def built(**overrides) -> HIPNN:  # as training builds it (make_model redraws the energy heads after)
+        torch.manual_seed(0)
+        config = HIPNNConfig(n_features=16, n_sensitivities=8, cutoff=4.0, soft_max=3.5, **overrides)
+        return HIPNN(ELEMENTS, config).to(dtype)
+
+    plain, headed = built(), built(uncertainty_head=8)
+    shared = plain.state_dict()
+    assert all(torch.equal(shared[k], headed.state_dict()[k]) for k in shared)
+    species, positions = molecule(dtype)
+    receivers, senders = all_edges(positions, headed.cutoff)
+    vectors = positions[senders] - positions[receivers]
+    terms, uncertainty = headed.forward_with_uncertainty(vectors, receivers, senders, species)
+    assert torch.equal(terms, plain(vectors, receivers, senders, species))
+    assert uncertainty.shape == (len(species),) and bool((uncertainty > 0).all())
+    uncertainty.sum().backward()
+    for name, parameter in headed.named_parameters():
+        assert (parameter.grad is not None) == name.startswith("uncertainty_head."), name
+
+
+def test_uncertainty_from_the_last_layer_equals_forward() -> None:
+    """On the layer-by-layer path the head reads the last layer's features (CONTRACT.md §2c)."""
+    model = make_model(torch.float64, uncertainty_head=8)
+    species, positions = molecule(torch.float64)
+    receivers, senders = all_edges(positions, model.cutoff)
+    vectors = positions[senders] - positions[receivers]
+    _, expected = model.forward_with_uncertainty(vectors, receivers, senders, species)
+    features, z = model.edge_features(vectors), vectors.new_zeros(len(species), 0)
+    for t in range(model.num_interactions):
+        z, _ = model.layer(t, z, features, receivers, senders, species, len(species))
+    assert torch.allclose(model.atom_uncertainty(z), expected, rtol=1e-12, atol=0)

@@ -129,13 +129,33 @@ def calibration_bins(spread: np.ndarray, error: np.ndarray, n_bins: int = CALIBR
     return bins
 
 
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> Optional[float]:
+    """Area under the ROC curve of `score` for telling `positive` entries from the others: the
+    probability that a random positive scores above a random negative (ties count half), from
+    the rank-sum (Mann–Whitney) statistic. None without both classes."""
+    score, positive = np.asarray(score, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = average_ranks(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# The atoms an uncertainty should flag: the 10 % with the largest true error (ROC AUC of that flag).
+FLAG_FRACTION = 0.1
+
+
 def uncertainty_metrics(spread: np.ndarray, error: np.ndarray, n_bins: int = CALIBRATION_BINS) -> Dict[str, Any]:
-    """Does the spread rank and size the error: Spearman ρ, bins, and overall RMSE / RMS spread."""
+    """Does the spread (or any uncertainty) rank and size the error: Spearman ρ, bins, overall
+    RMSE / RMS spread, and the ROC AUC of flagging the FLAG_FRACTION of entries with the largest
+    error by the largest spread."""
     spread, error = np.asarray(spread, dtype=np.float64), np.abs(np.asarray(error, dtype=np.float64))
     keep = np.isfinite(spread) & np.isfinite(error)
     rms_spread = float(np.sqrt(np.mean(spread[keep] ** 2))) if keep.any() else None
     rmse = float(np.sqrt(np.mean(error[keep] ** 2))) if keep.any() else None
+    worst = error[keep] >= np.quantile(error[keep], 1.0 - FLAG_FRACTION) if keep.any() else np.zeros(0, bool)
     return {"spearman": spearman(spread[keep], error[keep]), "count": int(keep.sum()),
             "rms_spread": rms_spread, "rmse": rmse,
             "rmse_over_rms_spread": rmse / rms_spread if rms_spread else None,
+            "auc_worst_10pct": roc_auc(spread[keep], worst),
             "bins": calibration_bins(spread[keep], error[keep], n_bins)}

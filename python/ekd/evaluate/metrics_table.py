@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from ..data import AtomsData
 from ..training import Predictions, errors
+from .error_metrics import uncertainty_metrics
 
 METRIC_KEYS = ("energy_mae", "energy_rmse", "energy_mae_per_atom", "energy_rmse_per_atom",
                "force_mae", "force_rmse")
@@ -33,10 +34,46 @@ def split_metrics(prediction: Predictions, data: AtomsData) -> Dict[str, Optiona
 
 
 def mean_prediction(members: list[Predictions]) -> Predictions:
-    """The ensemble mean of members' predictions on the same conformations."""
+    """The ensemble mean of members' predictions on the same conformations, with the per-atom
+    deviation of their forces sqrt(mean_k |F_k − mean F|²) as its uncertainty."""
+    forces = None if members[0].forces is None else np.stack([m.forces for m in members])
+    deviation = None
+    if forces is not None and len(members) > 1:
+        deviation = np.sqrt(np.mean(np.sum((forces - forces.mean(axis=0)) ** 2, axis=-1), axis=0))
     return Predictions(
         ids=members[0].ids,
         energy=np.mean([m.energy for m in members], axis=0),
         atom_energy=np.mean([m.atom_energy for m in members], axis=0),
-        forces=None if members[0].forces is None else np.mean([m.forces for m in members], axis=0),
+        forces=None if forces is None else forces.mean(axis=0),
+        uncertainty=deviation,
     )
+
+
+def uncertainty_calibration(prediction: Predictions, data: AtomsData) -> Optional[Dict[str, Any]]:
+    """How the per-atom uncertainty ranks and sizes the true force error |F − F_true| on the
+    atoms of `prediction.ids` with true forces (Spearman ρ, RMSE / RMS uncertainty, ROC AUC of
+    flagging the worst 10 %, binned table); None without an uncertainty or true forces."""
+    error = _force_error_norms(prediction, data)
+    if error is None or prediction.uncertainty is None:
+        return None
+    keep = np.isfinite(error)
+    return uncertainty_metrics(prediction.uncertainty[keep], error[keep])
+
+
+def fit_uncertainty_scale(prediction: Predictions, data: AtomsData) -> Optional[float]:
+    """The factor s that makes the RMS of s·u equal the RMS true force error on these atoms
+    (thresholds then mean eV/Å of error); None without true forces or with u = 0."""
+    error = _force_error_norms(prediction, data)
+    if error is None or prediction.uncertainty is None:
+        return None
+    keep = np.isfinite(error)
+    rms_u = float(np.sqrt(np.mean(prediction.uncertainty[keep] ** 2))) if keep.any() else 0.0
+    return float(np.sqrt(np.mean(error[keep] ** 2))) / rms_u if rms_u > 0 else None
+
+
+def _force_error_norms(prediction: Predictions, data: AtomsData) -> Optional[np.ndarray]:
+    """|F − F_true| per atom of `prediction.ids` (NaN where the data have no true forces)."""
+    sub = data.subset(prediction.ids)
+    if sub.forces is None or prediction.forces is None or not sub.has_forces.any():
+        return None
+    return np.linalg.norm(prediction.forces - sub.forces, axis=1)

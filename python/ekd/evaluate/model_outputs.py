@@ -34,6 +34,7 @@ class ModelOutput:
     forces: np.ndarray
     member_energy: Optional[np.ndarray] = None
     member_forces: Optional[np.ndarray] = None
+    atom_uncertainty: Optional[np.ndarray] = None   # (A,) eV/Å: a model's own uncertainty output
     seconds: float = 0.0
     error: Optional[str] = None
 
@@ -120,6 +121,8 @@ def predict_exported(model: ModelFile, data: AtomsData, batch_size: int) -> Mode
     ensemble = model.kind == "ensemble"
     member_energy = np.zeros((model.members, n_conf)) if ensemble else None
     member_forces = np.zeros((model.members, data.n_total_atoms, 3)) if ensemble else None
+    own = exported.metadata.atom_uncertainty
+    atom_uncertainty = np.zeros(data.n_total_atoms) if own else None
 
     def graph(first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Edges of conformations [first, stop) with node indices counted from the first atom of `first`."""
@@ -138,10 +141,12 @@ def predict_exported(model: ModelFile, data: AtomsData, batch_size: int) -> Mode
         stop = min(first + batch_size, n_conf)
         a0, a1 = int(atom_offsets[first]), int(atom_offsets[stop])
         vectors, receivers, senders = graph(first, stop)
-        out = exported.evaluate(vectors, receivers, senders, species[a0:a1], a1 - a0)
+        out = exported.evaluate(vectors, receivers, senders, species[a0:a1], a1 - a0, uncertainty=own)
         conformation = np.repeat(np.arange(stop - first), data.n_atoms[first:stop])
         energy[first:stop] = np.bincount(conformation, weights=out.atom_energy.numpy(), minlength=stop - first)
         forces[a0:a1] = out.forces.numpy()
+        if atom_uncertainty is not None:
+            atom_uncertainty[a0:a1] = out.atom_uncertainty.numpy()
         if ensemble:
             for c in range(first, stop):
                 c0, c1 = int(atom_offsets[c]), int(atom_offsets[c + 1])
@@ -149,7 +154,8 @@ def predict_exported(model: ModelFile, data: AtomsData, batch_size: int) -> Mode
                 members = exported.evaluate_members(v, r, s, species[c0:c1], c1 - c0)
                 member_energy[:, c] = members.energies.numpy()
                 member_forces[:, c0:c1] = members.forces.numpy()
-    return ModelOutput(model.name, str(model.path), model.kind, energy, forces, member_energy, member_forces)
+    return ModelOutput(model.name, str(model.path), model.kind, energy, forces, member_energy, member_forces,
+                       atom_uncertainty)
 
 
 def predict_checkpoint(model: ModelFile, data: AtomsData, batch_size: int) -> ModelOutput:
@@ -166,7 +172,8 @@ def predict_checkpoint(model: ModelFile, data: AtomsData, batch_size: int) -> Mo
         graph = GraphData(data, part.elements, part.cutoff, dtype=dtype)
         results.append(predict_all(part, graph, np.arange(len(data)), batch_size=batch_size))
     if len(results) == 1:
-        return ModelOutput(model.name, str(model.path), model.kind, results[0].energy, results[0].forces)
+        return ModelOutput(model.name, str(model.path), model.kind, results[0].energy, results[0].forces,
+                           atom_uncertainty=results[0].uncertainty)
     member_energy = np.stack([r.energy for r in results])
     member_forces = np.stack([r.forces for r in results])
     return ModelOutput(model.name, str(model.path), "ensemble", member_energy.mean(axis=0),

@@ -99,7 +99,18 @@ def model_metrics(output: ModelOutput, data: AtomsData, settings: EvaluationSett
         out["forces_by_element"] = {}
     if output.member_energy is not None:
         out["uncertainty"] = ensemble_uncertainty(output, data, settings)
+    elif output.atom_uncertainty is not None:
+        out["uncertainty"] = own_uncertainty(output, data, settings)
     return out
+
+
+def own_uncertainty(output: ModelOutput, data: AtomsData, settings: EvaluationSettings) -> Dict[str, Any]:
+    """A model's own per-atom uncertainty (a student's head) against its force error |F − F_true|."""
+    result: Dict[str, Any] = {"energy": None, "forces": None}
+    if data.forces is not None and data.has_forces.any():
+        force_error = np.linalg.norm(output.forces - data.forces, axis=1)  # NaN where no true forces
+        result["forces"] = uncertainty_metrics(output.atom_uncertainty, force_error, settings.calibration_bins)
+    return result
 
 
 def ensemble_uncertainty(output: ModelOutput, data: AtomsData, settings: EvaluationSettings) -> Dict[str, Any]:
@@ -231,13 +242,16 @@ def markdown_report(report: Dict[str, Any]) -> str:
     for name, m in report["models"].items():
         if not m["ok"] or "uncertainty" not in m:
             continue
-        lines += ["", f"## Ensemble {name} ({m['members']} members): spread vs error", ""]
+        title = (f"Ensemble {name} ({m['members']} members): spread vs error" if m["members"] > 1
+                 else f"Model {name}: its own uncertainty vs error")
+        lines += ["", f"## {title}", ""]
         for key, unit in (("energy", "meV"), ("forces", "meV/Å")):
             u = m["uncertainty"][key]
             if not u:
                 continue
             lines += [f"{key}: Spearman ρ(spread, |error|) = {_number(u['spearman'])}, RMSE / RMS spread = "
-                      f"{_number(u['rmse_over_rms_spread'])} over {u['count']} "
+                      f"{_number(u['rmse_over_rms_spread'])}, ROC AUC of flagging the worst 10 % = "
+                      f"{_number(u['auc_worst_10pct'])} over {u['count']} "
                       f"{'conformations' if key == 'energy' else 'atoms'}", "",
                       f"| spread range ({unit}) | RMS spread | RMSE | MAE | count |", "|---|---:|---:|---:|---:|"]
             lines += [f"| {_milli(b['spread_min'])}–{_milli(b['spread_max'])} | {_milli(b['rms_spread'])} | "

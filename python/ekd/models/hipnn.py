@@ -42,6 +42,9 @@ class HIPNNConfig:
                       from energies alone far better than the paper's softplus without them
                       (MD17 ethanol, 600 energies: force RMSE 425 vs 580-816 meV/Å; docs/results.md).
     resnet:           residual atom layers (z ← z + f(A z + c)).
+    uncertainty_head: hidden width of the per-atom uncertainty head (0: none). The head reads the
+                      last layer's features, detached, so it learns the teachers' force spread
+                      without changing anything the energy and forces learn (`UncertaintyHead`).
     """
 
     n_features: int = 128
@@ -53,6 +56,7 @@ class HIPNNConfig:
     soft_max: float = 5.5
     activation: str = "silu"
     resnet: bool = True
+    uncertainty_head: int = 0
 
     def check(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -62,6 +66,8 @@ class HIPNNConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_atom_layers < 0:
             raise ValueError(f"n_atom_layers must be >= 0, got {self.n_atom_layers}")
+        if self.uncertainty_head < 0:
+            raise ValueError(f"uncertainty_head must be >= 0 (0: no head), got {self.uncertainty_head}")
 
 
 BLOCK_ROWS = 1024  # rows per block of the padded layout (a block's tensors stay in cache)
@@ -154,6 +160,25 @@ class HIPNNBlock(nn.Module):
         return z, self.energy_head(z).squeeze(-1)
 
 
+class UncertaintyHead(nn.Module):
+    """u_i = s · softplus(B f(A z_i + a) + b) > 0 (eV/Å): a per-atom uncertainty read from the
+    last layer's features z_i. The features are detached: the head's loss trains only the head,
+    so a student with a head learns exactly the energies and forces it learns without one (its
+    parameters are also created after every other, leaving their initial values unchanged).
+    s, the calibration scale, is 1 in training and set afterwards from validation errors."""
+
+    def __init__(self, n_features: int, hidden: int, activation: nn.Module) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(n_features, hidden)
+        self.activation = activation
+        self.out = nn.Linear(hidden, 1)
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        raw = nn.functional.softplus(self.out(self.activation(self.hidden(z.detach())))).squeeze(-1)
+        return raw * self.scale
+
+
 class HIPNN(Potential):
     """HIP-NN energy model; `forward` returns the hierarchical per-atom energy terms (N, 1 + L)."""
 
@@ -168,12 +193,33 @@ class HIPNN(Potential):
         widths = [len(elements)] + [config.n_features] * config.n_interactions
         self.blocks = nn.ModuleList([HIPNNBlock(n_in, config) for n_in in widths[:-1]])
         self.block_rows = BLOCK_ROWS
+        # last, so that the other parameters draw the same initial values with or without it
+        self.has_uncertainty = config.uncertainty_head > 0
+        self.uncertainty_head = (UncertaintyHead(config.n_features, config.uncertainty_head, ACTIVATIONS[config.activation]())
+                                 if self.has_uncertainty else nn.Identity())
 
     def hyperparameters(self) -> Dict[str, Any]:
         return asdict(self.config)
 
     def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                 species: torch.Tensor, n_energy: int = -1) -> torch.Tensor:
+        return self.terms_and_features(edge_vectors, receivers, senders, species, n_energy)[0]
+
+    def forward_with_uncertainty(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                                 species: torch.Tensor, n_energy: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(N, terms) energy terms and the uncertainty of the nodes whose energy counts (eV/Å)."""
+        terms, z = self.terms_and_features(edge_vectors, receivers, senders, species, n_energy)
+        return terms, self.atom_uncertainty(z)
+
+    def atom_uncertainty(self, z: torch.Tensor) -> torch.Tensor:
+        """The head's per-atom uncertainty from the last layer's features (eV/Å)."""
+        if not self.has_uncertainty:
+            raise RuntimeError("this HIP-NN has no uncertainty head (uncertainty_head = 0)")
+        return self.uncertainty_head(z)
+
+    def terms_and_features(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                           species: torch.Tensor, n_energy: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(N, terms) energy terms, and the last layer's features of the nodes it computes."""
         n_nodes = species.shape[0]
         z = self.initial_features(species, edge_vectors.dtype)
         terms = [self.species_energy(z).squeeze(-1)]
@@ -200,7 +246,7 @@ class HIPNN(Potential):
             if rows[t] < n_nodes:  # no copy in training and on one rank, where every row is computed
                 energy = torch.cat([energy, energy.new_zeros(n_nodes - rows[t])])
             terms.append(energy)
-        return torch.stack(terms, dim=1)
+        return torch.stack(terms, dim=1), z
 
     def initial_features(self, species: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """z⁰: one-hot species."""

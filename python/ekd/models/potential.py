@@ -53,6 +53,7 @@ class Prediction:
     atom_energy: torch.Tensor
     forces: Optional[torch.Tensor]
     terms: torch.Tensor
+    uncertainty: Optional[torch.Tensor] = None   # per atom (eV/Å), from a model's uncertainty head
 
 
 def edge_vectors(positions: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
@@ -62,18 +63,42 @@ def edge_vectors(positions: torch.Tensor, receivers: torch.Tensor, senders: torc
     return vectors if shifts is None else vectors + shifts
 
 
-def predict(model: nn.Module, batch: Any, forces: bool = True, create_graph: bool = False) -> Prediction:
-    """Energies (without references) and forces −dE/dR of a `ekd.data.Batch`.
+def has_uncertainty(model: nn.Module) -> bool:
+    """Whether a model has its own per-atom uncertainty output (a HIP-NN uncertainty head)."""
+    return bool(getattr(model, "has_uncertainty", False))
+
+
+class WithUncertainty(nn.Module):
+    """A model whose `forward` is its `forward_with_uncertainty`, for wrappers that hook
+    `forward` only (DistributedDataParallel); `predict` takes its (terms, uncertainty) output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                species: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_uncertainty(edge_vectors, receivers, senders, species)
+
+
+def predict(model: nn.Module, batch: Any, forces: bool = True, create_graph: bool = False,
+            uncertainty: bool = False) -> Prediction:
+    """Energies (without references) and forces −dE/dR of a `ekd.data.Batch`, and the per-atom
+    uncertainty of a model that has one when `uncertainty` is set.
 
     create_graph=True keeps the graph of the forces, as training on forces needs.
     """
     positions = batch.positions.detach().requires_grad_(forces)
     vectors = edge_vectors(positions, batch.receivers, batch.senders, batch.shifts)
-    terms = model(vectors, batch.receivers, batch.senders, batch.species)
+    if uncertainty and has_uncertainty(model):
+        output = model.forward_with_uncertainty(vectors, batch.receivers, batch.senders, batch.species)
+    else:
+        output = model(vectors, batch.receivers, batch.senders, batch.species)
+    terms, atom_uncertainty = output if isinstance(output, tuple) else (output, None)
     atom_energy = terms.sum(dim=1)
     energy = scatter_sum(atom_energy, batch.conformation, batch.n_conformations)
     force = None
     if forces:
         (gradient,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
         force = -gradient
-    return Prediction(energy=energy, atom_energy=atom_energy, forces=force, terms=terms)
+    return Prediction(energy=energy, atom_energy=atom_energy, forces=force, terms=terms, uncertainty=atom_uncertainty)

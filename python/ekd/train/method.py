@@ -32,12 +32,14 @@ from ..data.sharded import balanced_ranges
 from ..distill import read_labels, write_labels
 from ..distill.labels import check_labels, interrupted_label_files, merge_label_blocks, write_label_block
 from ..errors import EkdError
-from ..models import Potential, build_model, count_parameters, load_model
+from ..evaluate import fit_uncertainty_scale
+from ..fileio import atomic_torch_save, file_sha256
+from ..models import Potential, build_model, count_parameters, load_model, model_from_checkpoint
+from ..models.potential import has_uncertainty
 from ..run_directory import RunDirectory, open_run
 from ..summary import write_summary
-from ..fileio import file_sha256
 from ..run_layout import BASELINE, STUDENT, RunLayout, teacher_name
-from ..training import TrainConfig, Trainer, read_checkpoint
+from ..training import TrainConfig, Trainer, predict_all, read_checkpoint
 from ..training.distributed import Context, DistributedTrainer
 
 STAGES = ("teachers", "label", "student", "summary", "all")
@@ -130,7 +132,7 @@ def train_student(run: RunDirectory, resume: bool, dist: Optional[Context] = Non
     hashes = [file_sha256(p) for p in teacher_checkpoints(run)]
     settings = run.config.student
     seed = run.config.run.seed + 1000
-    model = new_model(run, settings.kind, settings.model, seed)
+    model = new_model(run, settings.kind, settings.architecture(uncertainty=True), seed)
     held = run.held
     if held.full:
         labels = read_labels(run.labels_path, graph=run.graph(model.cutoff), hashes=hashes)
@@ -142,16 +144,47 @@ def train_student(run: RunDirectory, resume: bool, dist: Optional[Context] = Non
     distilled = run.graph(model.cutoff, atom_labels={
         "forces": labels.forces_mean,
         "atom_energy": labels.atom_energy_mean - student_atom_references,
+        "uncertainty": labels.forces_std,
     })
     if mine(run, dist, 0):
         fit(run, model, run.split["train"], settings.train, STUDENT, seed, resume, graph=distilled, dist=dist)
     if run.config.baseline.enabled and mine(run, dist, 1):
         baseline_settings = TrainConfig(**{**settings.train.__dict__, "forces_weight": 0.0,
-                                           "atom_energy_weight": 0.0})
-        baseline = new_model(run, settings.kind, settings.model, seed)
+                                           "atom_energy_weight": 0.0, "uncertainty_weight": 0.0})
+        baseline = new_model(run, settings.kind, settings.architecture(uncertainty=False), seed)
         fit(run, baseline, run.split["train"], baseline_settings, BASELINE, seed, resume, dist=dist)
     if dist is not None:
         dist.wait_for_all("student")
+
+
+def calibrate_student(run: RunDirectory) -> None:
+    """Scale the student's uncertainty so that, on the validation split, its RMS equals the RMS of
+    the student's true force error |F − F_true| (thresholds then mean eV/Å of error); the scale
+    lives in the checkpoint's weights and the export carries it. Data without true forces in the
+    validation split leave the scale at 1 (the head then predicts the teachers' spread), and the
+    checkpoint says why. Done once; needs every conformation in memory (rank 0's summary run)."""
+    path = run.checkpoint(STUDENT)
+    if not path.exists():
+        return
+    state = read_checkpoint(path)
+    if not state.get("finished") or "calibration" in state:
+        return
+    model = model_from_checkpoint(state).to(run.config.run.device)
+    if not has_uncertainty(model):
+        return
+    prediction = predict_all(model, run.graph(model.cutoff), run.split["val"])
+    scale = fit_uncertainty_scale(prediction, run.data)
+    if scale is None:
+        state["calibration"] = {"uncertainty_scale": 1.0, "fitted_on": None,
+                                "reason": "the validation split has no true forces"}
+        say(run, "student: uncertainty left uncalibrated (the validation split has no true forces)")
+    else:
+        key = "uncertainty_head.scale"
+        state["best_state"][key] = state["best_state"][key] * scale
+        state["model_state"][key] = state["model_state"][key] * scale
+        state["calibration"] = {"uncertainty_scale": scale, "fitted_on": "val"}
+        say(run, f"student: uncertainty scaled by {scale:.3f} to match its validation force errors")
+    atomic_torch_save(state, path)
 
 
 # ---- shared steps -------------------------------------------------------------------------------
@@ -283,6 +316,7 @@ def run_stages(config: RunConfig, out: Path, stage: str, resume: bool, progress:
     if run.rank != 0:
         return run
     whole = run if run.held.full else open_run(out, config, progress)  # the summary evaluates all data
+    calibrate_student(whole)
     table = write_summary(whole)
     print(table, flush=True)
     return run

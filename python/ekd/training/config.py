@@ -24,6 +24,10 @@ class TrainConfig:
     energy_weight:      weight of the energy loss (RMSE + MAE of total energies, eV).
     forces_weight:      weight of the force loss (RMSE + MAE of components, eV/Å).
     atom_energy_weight: weight of the atomic-energy loss (RMSE + MAE, eV).
+    uncertainty_weight: weight of the uncertainty loss: RMSE + MAE of log(u / σ) between the model's
+                        per-atom uncertainty u and the teachers' force spread σ (models with an
+                        uncertainty head). It trains the head only and is left out of the validation
+                        loss that picks the best epoch, so energies and forces are learned as without it.
     hierarchicality:    weight of HIP-NN's hierarchicality regulariser.
     eval_batch_size:    conformations per batch when evaluating.
     """
@@ -41,6 +45,7 @@ class TrainConfig:
     energy_weight: float = 1.0
     forces_weight: float = 0.0
     atom_energy_weight: float = 0.0
+    uncertainty_weight: float = 0.0
     hierarchicality: float = 0.01
     eval_batch_size: int = 512
 
@@ -53,7 +58,8 @@ class TrainConfig:
             raise ConfigError(f"[{where}] learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 < self.lr_factor < 1.0:
             raise ConfigError(f"[{where}] lr_factor must be in (0, 1), got {self.lr_factor}")
-        weights = (self.energy_weight, self.forces_weight, self.atom_energy_weight, self.hierarchicality)
+        weights = (self.energy_weight, self.forces_weight, self.atom_energy_weight, self.uncertainty_weight,
+                   self.hierarchicality)
         if min(weights) < 0:
             raise ConfigError(f"[{where}] loss weights must not be negative")
         if self.energy_weight + self.forces_weight + self.atom_energy_weight == 0:

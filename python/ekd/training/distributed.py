@@ -45,10 +45,11 @@ import torch.distributed as dist
 from ..data.sharded import Holding
 from ..errors import EkdError
 from ..models import predict
-from .losses import hierarchicality, total_loss
+from ..models.potential import WithUncertainty, has_uncertainty
+from .losses import SPREAD_FLOOR, hierarchicality, total_loss
 from .loop import Trainer, shortest_distance
 
-TERM_NAMES = ("energy", "forces", "atom_energy")
+TERM_NAMES = ("energy", "forces", "atom_energy", "uncertainty")
 N_STATISTICS = 3 * len(TERM_NAMES) + 2   # (Σd², Σ|d|, n) per term; (Σ hierarchicality, conformations)
 TIMEOUT = datetime.timedelta(minutes=30)  # collectives (lockstep); long waits use the store instead
 
@@ -233,15 +234,17 @@ def loss_statistics(prediction: Any, batch: Any, config: Any, zeroth_order: Opti
     """(N_STATISTICS,) sums over this batch from which the loss of any union of batches
     follows: per term Σd², Σ|d| and the number of labelled entries; the hierarchicality summed
     over conformations and their number. Keeps the autograd graph."""
-    weights = {"energy": config.energy_weight, "forces": config.forces_weight,
-               "atom_energy": config.atom_energy_weight}
-    predicted = {"energy": prediction.energy, "forces": prediction.forces, "atom_energy": prediction.atom_energy}
+    weights = _term_weights(config)
+    predicted = {"energy": prediction.energy, "forces": prediction.forces, "atom_energy": prediction.atom_energy,
+                 "uncertainty": None if prediction.uncertainty is None else torch.log(prediction.uncertainty)}
     zero = prediction.energy.sum() * 0.0
     stats = []
     for name in TERM_NAMES:
         value = predicted[name]
         if weights[name] > 0 and value is not None and name in batch.targets:
             target = batch.targets[name]
+            if name == "uncertainty":  # in log space, as losses.log_ratio_loss
+                target = torch.log(target.clamp_min(SPREAD_FLOOR))
             mask = torch.isfinite(target)
             diff = value[mask] - target[mask]
             stats += [diff.square().sum(), diff.abs().sum(), mask.sum().to(zero.dtype)]
@@ -254,6 +257,11 @@ def loss_statistics(prediction: Any, batch: Any, config: Any, zeroth_order: Opti
     else:
         stats += [zero, zero]
     return torch.stack([s.to(zero.dtype) for s in stats])
+
+
+def _term_weights(config: Any) -> Dict[str, float]:
+    return {"energy": config.energy_weight, "forces": config.forces_weight,
+            "atom_energy": config.atom_energy_weight, "uncertainty": config.uncertainty_weight}
 
 
 def terms_from_statistics(stats: torch.Tensor) -> Dict[str, float]:
@@ -273,8 +281,7 @@ def surrogate_loss(local: torch.Tensor, total: torch.Tensor, config: Any) -> tor
     """A loss of this rank's statistics whose gradient, summed over ranks, is the gradient of
     the loss of the global batch: d(√(S/n) + A/n) = dS / (2n√(S/n)) + dA / n, with S, A, n the
     global sums (constants here) and dS, dA the sum of every rank's contribution."""
-    weights = {"energy": config.energy_weight, "forces": config.forces_weight,
-               "atom_energy": config.atom_energy_weight}
+    weights = _term_weights(config)
     values = total.tolist()
     loss = local.sum() * 0.0
     for k, name in enumerate(TERM_NAMES):
@@ -303,7 +310,12 @@ class DistributedTrainer(Trainer):
                           inspect.signature(ddp.__init__).parameters else {"broadcast_buffers": False})
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
-            self.ddp = ddp(self.model, device_ids=device_ids, **no_buffer_sync)
+            # DDP hooks `forward` only: a model whose head is trained runs forward_with_uncertainty as
+            # its forward (WithUncertainty); a head that is not trained is an unused parameter
+            head = has_uncertainty(self.model)
+            module = WithUncertainty(self.model) if head and self.needs_uncertainty else self.model
+            self.ddp = ddp(module, device_ids=device_ids, find_unused_parameters=head and not self.needs_uncertainty,
+                           **no_buffer_sync)
 
     def _shortest_distance(self) -> float:
         ids = self.context.part(torch.as_tensor(self.train_ids, dtype=torch.long), self.holding)
@@ -342,7 +354,8 @@ class DistributedTrainer(Trainer):
     def _local_statistics(self, ids: torch.Tensor) -> torch.Tensor:
         """Loss statistics of this rank's part of a training batch (with the autograd graph)."""
         batch = self.graph.batch(ids)
-        prediction = predict(self.ddp, batch, forces=self.needs_forces, create_graph=self.needs_forces)
+        prediction = predict(self.ddp, batch, forces=self.needs_forces, create_graph=self.needs_forces,
+                             uncertainty=self.needs_uncertainty)
         return loss_statistics(prediction, batch, self.config, self._zeroth_order(batch))
 
     def _train_epoch(self) -> Dict[str, float]:
@@ -389,7 +402,7 @@ class DistributedTrainer(Trainer):
             for j, chunk in enumerate(chunks):
                 batch = self.graph.batch(self.context.part(chunk, self.holding))
                 with torch.set_grad_enabled(self.needs_forces):
-                    prediction = predict(self.model, batch, forces=self.needs_forces)
+                    prediction = predict(self.model, batch, forces=self.needs_forces, uncertainty=self.needs_uncertainty)
                 rows[j] = loss_statistics(prediction, batch, self.config, None).detach().double().cpu()
         except Exception as err:
             error = err
@@ -397,7 +410,8 @@ class DistributedTrainer(Trainer):
         sums: Dict[str, float] = {}
         for chunk, row in zip(chunks, totals):
             terms: Dict[str, Any] = terms_from_statistics(row)
-            terms["loss"] = float(total_loss(terms, self.config))
+            # as Trainer.validation_loss: the uncertainty head never decides the best epoch
+            terms["loss"] = float(total_loss({k: v for k, v in terms.items() if k != "uncertainty"}, self.config))
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value * len(chunk)
         return {k: v / max(len(ids), 1) for k, v in sums.items()}

@@ -80,6 +80,7 @@ class Trainer:
         self.train_ids, self.val_ids = np.asarray(train_ids), np.asarray(val_ids)
         self.out_dir, self.seed, self.name, self.show_progress = Path(out_dir), seed, name, progress
         self.needs_forces = config.forces_weight > 0
+        self.needs_uncertainty = config.uncertainty_weight > 0
         self.optimizer = torch.optim.Adam(parameter_groups(model, config.weight_decay), lr=config.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=config.lr_factor, patience=config.lr_patience, threshold=1e-4)
@@ -152,7 +153,8 @@ class Trainer:
         n_batches = 0
         for batch in self.graph.batches(self.train_ids, self.config.batch_size, shuffle=True,
                                         generator=generator):
-            prediction = predict(self.model, batch, forces=self.needs_forces, create_graph=self.needs_forces)
+            prediction = predict(self.model, batch, forces=self.needs_forces, create_graph=self.needs_forces,
+                                 uncertainty=self.needs_uncertainty)
             terms = loss_terms(prediction, batch, self.config, self._zeroth_order(batch))
             loss = total_loss(terms, self.config)
             if not torch.isfinite(loss):
@@ -169,16 +171,18 @@ class Trainer:
         return {k: v / max(n_batches, 1) for k, v in sums.items()}
 
     def validation_loss(self) -> Dict[str, float]:
-        """Weighted loss on the validation set (no regulariser), averaged over conformations."""
+        """Weighted loss on the validation set (no regulariser), averaged over conformations; its
+        `loss` leaves the uncertainty term out, so an uncertainty head never changes which
+        epoch is best (the term is reported on its own)."""
         self.model.eval()
         sums: Dict[str, float] = {}
         total = 0
         for batch in self.graph.batches(self.val_ids, self.config.eval_batch_size):
             with torch.set_grad_enabled(self.needs_forces):
-                prediction = predict(self.model, batch, forces=self.needs_forces)
+                prediction = predict(self.model, batch, forces=self.needs_forces, uncertainty=self.needs_uncertainty)
             terms = loss_terms(prediction, batch, self.config, None)
             terms = {k: v.detach() for k, v in terms.items()}
-            terms["loss"] = total_loss(terms, self.config)
+            terms["loss"] = total_loss({k: v for k, v in terms.items() if k != "uncertainty"}, self.config)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * batch.n_conformations
             total += batch.n_conformations

@@ -1,5 +1,5 @@
-"""The training loss: weighted RMSE + MAE terms for energies, forces and atomic energies, and
-HIP-NN's hierarchicality regulariser."""
+"""The training loss: weighted RMSE + MAE terms for energies, forces and atomic energies, the
+uncertainty head's term, and HIP-NN's hierarchicality regulariser."""
 
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ def rmse_plus_mae(prediction: torch.Tensor, target: torch.Tensor) -> Optional[to
         return None
     diff = prediction[mask] - target[mask]
     return diff.square().mean().sqrt() + diff.abs().mean()
+
+
+# Teachers' force spreads below this (eV/Å) count as this in the log-space uncertainty loss: an
+# isolated atom's spread is 0, and log(0) would dominate the loss.
+SPREAD_FLOOR = 1e-3
+
+
+def log_ratio_loss(uncertainty: torch.Tensor, spread: torch.Tensor) -> Optional[torch.Tensor]:
+    """RMSE + MAE of log(u) − log(σ): the spreads span orders of magnitude between a calm and a
+    strained atom, and what matters is their ranking and ratio, not their absolute size."""
+    return rmse_plus_mae(torch.log(uncertainty), torch.log(spread.clamp_min(SPREAD_FLOOR)))
 
 
 def hierarchicality(terms: torch.Tensor, conformation: torch.Tensor, n_conformations: int,
@@ -47,6 +58,10 @@ def loss_terms(prediction: Prediction, batch: Batch, config: TrainConfig,
             value = rmse_plus_mae(predicted, batch.targets[name])
             if value is not None:
                 terms[name] = value
+    if config.uncertainty_weight > 0 and prediction.uncertainty is not None and "uncertainty" in batch.targets:
+        value = log_ratio_loss(prediction.uncertainty, batch.targets["uncertainty"])
+        if value is not None:
+            terms["uncertainty"] = value
     if config.hierarchicality > 0 and prediction.terms.shape[1] > 1 and zeroth_order is not None:
         terms["hierarchicality"] = hierarchicality(prediction.terms, batch.conformation,
                                                    batch.n_conformations, zeroth_order)
@@ -55,5 +70,6 @@ def loss_terms(prediction: Prediction, batch: Batch, config: TrainConfig,
 
 def total_loss(terms: Dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
     weights = {"energy": config.energy_weight, "forces": config.forces_weight,
-               "atom_energy": config.atom_energy_weight, "hierarchicality": config.hierarchicality}
+               "atom_energy": config.atom_energy_weight, "uncertainty": config.uncertainty_weight,
+               "hierarchicality": config.hierarchicality}
     return sum(weights[name] * value for name, value in terms.items())  # type: ignore[return-value]
