@@ -55,6 +55,12 @@ def test_study_two_seeds_and_a_variant(tmp_path: Path, capsys: pytest.CaptureFix
     assert report["parameters"]["student (small)"] < report["parameters"]["student"]
     table = (out / "study.md").read_text()
     assert "| student (small) | 2 |" in table and "student / baseline" in table
+    # the uncertainties' calibration over the seeds, and the student's ρ over the ensemble's
+    rho = [runs[s]["uncertainty"]["student"]["test"]["spearman"] / runs[s]["uncertainty"]["ensemble"]["test"]["spearman"]
+           for s in (0, 100)]
+    assert report["uncertainty"]["student ρ / ensemble ρ"]["spearman"]["values"] == pytest.approx(rho)
+    assert report["uncertainty"]["ensemble"]["auc_worst_10pct"]["n"] == 2
+    assert "| student (small) | 2 |" in table.split("Per-atom uncertainty")[1]
 
     # a second call keeps every finished run
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("seed_*/summary.json")}

@@ -1,4 +1,5 @@
-"""A study's report: every model's test errors as mean ± sample SD over the seeds."""
+"""A study's report: every model's test errors, and every per-atom uncertainty's calibration
+against the true force errors, as mean ± sample SD over the seeds."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import numpy as np
 
 from ..run_layout import RunLayout
 from .plan import METRICS, Task
+
+# What the summary says of each per-atom uncertainty on the test split (summary.json "uncertainty").
+UNCERTAINTY_METRICS = ("spearman", "rmse_over_rms_spread", "auc_worst_10pct")
 
 
 def mean_spread(values: Sequence[float]) -> Dict[str, Any]:
@@ -48,7 +52,31 @@ def collect(tasks: Sequence[Task], out: Path) -> Dict[str, Any]:
                     rows.setdefault(label, {}).setdefault(metric, []).append(student / baseline)
             seeds.setdefault(label, []).append(task.seed)
     return {"models": {label: {m: mean_spread(v) for m, v in metrics.items()} for label, metrics in rows.items()},
-            "parameters": parameters, "seeds": seeds}
+            "parameters": parameters, "seeds": seeds, "uncertainty": collect_uncertainty(tasks, out)}
+
+
+def collect_uncertainty(tasks: Sequence[Task], out: Path) -> Dict[str, Any]:
+    """Per (variant, model) with a per-atom uncertainty, its test calibration over the seeds, and
+    per seed the student's Spearman ρ over the ensemble's (the distilled uncertainty's target)."""
+    rows: Dict[str, Dict[str, List[float]]] = {}
+    for task in tasks:
+        path = RunLayout(out / task.name).summary_json
+        if not path.exists():
+            continue
+        found = json.loads(path.read_text()).get("uncertainty", {})
+        for model, splits in found.items():
+            if task.variant and model != "student":
+                continue
+            label = f"{model} ({task.variant})" if task.variant else model
+            for metric in UNCERTAINTY_METRICS:
+                if (splits.get("test") or {}).get(metric) is not None:
+                    rows.setdefault(label, {}).setdefault(metric, []).append(splits["test"][metric])
+        student = (found.get("student") or {}).get("test") or {}
+        ensemble = (found.get("ensemble") or {}).get("test") or {}
+        if student.get("spearman") is not None and ensemble.get("spearman"):
+            label = f"student ρ / ensemble ρ ({task.variant})" if task.variant else "student ρ / ensemble ρ"
+            rows.setdefault(label, {}).setdefault("spearman", []).append(student["spearman"] / ensemble["spearman"])
+    return {label: {m: mean_spread(v) for m, v in metrics.items()} for label, metrics in rows.items()}
 
 
 def markdown(report: Dict[str, Any], command: str) -> str:
@@ -75,4 +103,12 @@ def markdown(report: Dict[str, Any], command: str) -> str:
         lines.append(f"| {label} | {n} | {f'{count:,}' if count else '—'} | " + " | ".join(cells) + " |")
     if ratios:
         lines += ["", "| ratio | n | E RMSE | F RMSE |", "|---|---:|---:|---:|", *ratios]
+    if report.get("uncertainty"):
+        lines += ["", "Per-atom uncertainty against the true force error |F − F_true| on the test split: Spearman ρ, "
+                  "RMS error / RMS uncertainty (1: calibrated), ROC AUC of flagging the worst 10 % of atoms.", "",
+                  "| uncertainty | n | ρ | RMS error / RMS u | AUC worst 10 % |", "|---|---:|---:|---:|---:|"]
+        for label, metrics in report["uncertainty"].items():
+            n = max(s["n"] for s in metrics.values())
+            lines.append(f"| {label} | {n} | " + " | ".join(cell(metrics.get(m), 1, 2) for m in UNCERTAINTY_METRICS)
+                         + " |")
     return "\n".join(lines) + "\n"
