@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ekd.errors import DataError, ModelFileError
+from ekd.models.io import CHECKPOINT_NAME
 
 from .metadata import METADATA_NAME, Metadata
 
@@ -181,8 +182,8 @@ def model_names(paths: Sequence[Path]) -> List[str]:
     number."""
     def name_at(p: Path, depth: int) -> str:
         p = Path(p)
-        head = p.parent if p.name == "checkpoint.pt" else p
-        parts = [head.name if head.is_dir() or p.name == "checkpoint.pt" else head.stem]
+        head = p.parent if p.name == CHECKPOINT_NAME else p
+        parts = [head.name if head.is_dir() or p.name == CHECKPOINT_NAME else head.stem]
         parts += [q.name for q in head.parents][:depth]
         return "/".join(reversed([x for x in parts if x]))
 

@@ -16,6 +16,7 @@ import torch
 from ..data import AtomsData, GraphData, neighbor_pairs
 from ..errors import DataError, EkdError, ModelFileError
 from ..export import is_exported, load_exported
+from ..models.io import CHECKPOINT_NAME
 
 # ---- -----------------------------------------------------------------------------------
 
@@ -62,8 +63,8 @@ def open_model(path: Path, name: str) -> ModelFile:
     from ase.data import atomic_numbers
 
     path = Path(path)
-    if path.is_dir() and (path / "checkpoint.pt").exists():
-        path = path / "checkpoint.pt"
+    if path.is_dir() and (path / CHECKPOINT_NAME).exists():
+        path = path / CHECKPOINT_NAME
     if not path.exists():
         raise ModelFileError(f"model file not found: {path}")
     if is_exported(path):
