@@ -6,6 +6,8 @@ calculator) need not import the training code.
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Dict
 
@@ -28,7 +30,13 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
     if not path.exists():
         raise ModelFileError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, so a crafted file cannot run code here
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"(unsupported GLOBAL \S+|Unsupported global: \S+ \S+)", str(err))
+        raise ModelFileError(f"{path}: refused: it holds objects other than tensors, numbers, strings and plain "
+                             f"containers ({found.group(1) if found else 'see torch.load weights_only'}), and "
+                             "loading them could run code; ekd checkpoints never hold such objects") from None
     except Exception as err:  # torch raises several types for corrupt files
         raise ModelFileError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
