@@ -36,8 +36,8 @@ void neighbours_within(double *const *x, const NeighList *list, int i, double cu
 
 EKDGraph::EKDGraph(LAMMPS *lmp) :
     Pointers(lmp), n_nodes(0), overlap_found(false), overlap_tag_i(0), overlap_tag_j(0),
-    overlap_dist(0.0), cutsq(0.0), minsq(0.0), num_interactions(1), many_ranks(false),
-    ghost_receivers(false), owner_built_at(-1)
+    overlap_dist(0.0), same_found(false), same_tag_i(0), same_tag_j(0), same_dist(0.0), cutsq(0.0),
+    minsq(0.0), num_interactions(1), many_ranks(false), ghost_receivers(false), owner_built_at(-1)
 {
   // a non-null data pointer even for zero edges, for torch::from_blob
   species.reserve(1024);
@@ -68,7 +68,7 @@ void EKDGraph::build(NeighList *list)
   edge_i.clear();
   edge_j.clear();
   species.clear();
-  overlap_found = false;
+  overlap_found = same_found = false;
   // atoms are re-ordered (sorting, exchange) and ghosts re-created only when the
   // neighbour lists are rebuilt
   const int nall = atom->nlocal + atom->nghost;
@@ -189,7 +189,8 @@ void EKDGraph::build_ghost_shell(NeighList *list)
   fill_species();
 }
 
-// the first pair closer than min_distance is kept for the warning (printed once per run)
+// the first pair closer than min_distance is kept for the warning (printed once per run), the
+// first pair at the same position for the error; every pair with a local atom passes here
 void EKDGraph::note_overlap(int i, int j, double rsq)
 {
   if (rsq < minsq && !overlap_found) {
@@ -197,6 +198,12 @@ void EKDGraph::note_overlap(int i, int j, double rsq)
     overlap_tag_i = atom->tag[i];
     overlap_tag_j = atom->tag[j];
     overlap_dist = std::sqrt(rsq);
+  }
+  if (rsq < SAME_POSITION * SAME_POSITION && !same_found) {
+    same_found = true;
+    same_tag_i = atom->tag[i];
+    same_tag_j = atom->tag[j];
+    same_dist = std::sqrt(rsq);
   }
 }
 

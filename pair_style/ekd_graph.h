@@ -1,7 +1,8 @@
 /* -*- c++ -*- ----------------------------------------------------------
    ekd_graph.h — the graph pair_style ekd hands to the model every step (export/CONTRACT.md
    §2 and §4): nodes, their species and the directed edges receiver <- sender with r < cutoff,
-   built from LAMMPS's full neighbour list. PairEKD::init_style() fixes which nodes there are:
+   built from LAMMPS's full neighbour list (one EKDGraph per model: the driving model's and a
+   committee's, each with its own cutoff). PairEKD::init_style() fixes which nodes there are:
 
      one rank, several ranks with exchange, or a one-layer model (build_local_receivers):
          receivers are the local atoms [0, nlocal); a ghost that is an image of one of this
@@ -47,6 +48,11 @@ class EKDGraph : protected Pointers {
   bool overlap_found;
   tagint overlap_tag_i, overlap_tag_j;
   double overlap_dist;
+  // the first pair of this step closer than SAME_POSITION (an error: the model's energy is NaN there)
+  static constexpr double SAME_POSITION = 1e-4;    // Angstrom; the Python reader uses the same
+  bool same_found;
+  tagint same_tag_i, same_tag_j;
+  double same_dist;
 
  private:
   void build_owner_map();

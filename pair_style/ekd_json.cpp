@@ -1,6 +1,6 @@
 /* ekd_json.cpp — see ekd_json.h. A recursive-descent reader over RFC 8259 JSON (plus the
-   NaN/Infinity tokens Python's json module writes) that keeps the strings, numbers and
-   arrays of strings or of numbers of the top-level object. */
+   NaN/Infinity tokens Python's json module writes) that keeps the strings, numbers,
+   booleans and arrays of strings or of numbers of the top-level object. */
 
 #include "ekd_json.h"
 
@@ -88,6 +88,9 @@ class Reader {
       const bool of_strings = numbers.empty(), of_numbers = strings.empty();    // [] is both
       if (of_strings) out.string_lists[key] = std::move(strings);
       if (of_numbers) out.number_lists[key] = std::move(numbers);
+    } else if (s_.compare(pos_, 4, "true") == 0 || s_.compare(pos_, 5, "false") == 0) {
+      out.booleans[key] = c == 't';
+      pos_ += c == 't' ? 4 : 5;
     } else {
       skip_value(1);
     }

@@ -1,9 +1,9 @@
 /* ekd_json.h — a tiny reader for the flat ekd.json metadata of an ekd model file.
 
    The metadata (export/CONTRACT.md §3) is a JSON object whose values the pair style
-   needs are strings, numbers and arrays of strings or numbers. This reader parses the whole text
-   (so malformed JSON is reported, with its position) and keeps only those values of the
-   top-level object; nested objects, booleans, nulls and mixed arrays are read and skipped.
+   needs are strings, numbers, booleans and arrays of strings or numbers. This reader parses the
+   whole text (so malformed JSON is reported, with its position) and keeps only those values of
+   the top-level object; nested objects, nulls and mixed arrays are read and skipped.
    No third-party JSON library is needed. */
 
 #ifndef EKD_JSON_H
@@ -19,11 +19,13 @@ namespace ekd {
 struct FlatJson {
   std::map<std::string, std::string> strings;                     // "key": "text"
   std::map<std::string, double> numbers;                          // "key": 1.5
+  std::map<std::string, bool> booleans;                           // "key": true
   std::map<std::string, std::vector<std::string>> string_lists;   // "key": ["a", "b"]
   std::map<std::string, std::vector<double>> number_lists;        // "key": [1, 2.5]
 
   bool has_string(const std::string &key) const { return strings.count(key) != 0; }
   bool has_number(const std::string &key) const { return numbers.count(key) != 0; }
+  bool has_boolean(const std::string &key) const { return booleans.count(key) != 0; }
   bool has_string_list(const std::string &key) const { return string_lists.count(key) != 0; }
   bool has_number_list(const std::string &key) const { return number_lists.count(key) != 0; }
 };

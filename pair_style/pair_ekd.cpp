@@ -5,7 +5,7 @@
 
 #include "pair_ekd.h"
 
-#include "ekd_json.h"
+#include "ekd_text.h"
 
 #include "atom.h"
 #include "comm.h"
@@ -13,15 +13,14 @@
 #include "error.h"
 #include "force.h"
 #include "memory.h"
+#include "modify.h"
 #include "neighbor.h"
 #include "update.h"
 #include "utils.h"
 
-#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/cuda.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
-#include <torch/version.h>
 
 #include <mpi.h>
 
@@ -35,45 +34,23 @@
 #include <cstring>
 
 using namespace LAMMPS_NS;
+using ekd::first_line;
+using ekd::join;
+using ekd::shape_of;
 
 namespace {
-
 constexpr double KCAL_PER_MOL_PER_EV = 23.060547830619;    // units real: energies in kcal/mol
-constexpr int EKD_FORMAT_VERSION = 1;
-
-// first line of an exception message (torch messages carry long back-traces)
-std::string first_line(const char *what)
-{
-  std::string s(what ? what : "");
-  auto nl = s.find('\n');
-  if (nl != std::string::npos) s.resize(nl);
-  return s;
-}
-
-std::string join(const std::vector<std::string> &items)
-{
-  std::string out;
-  for (const auto &it : items) out += (out.empty() ? "" : " ") + it;
-  return out;
-}
-
-std::string shape_of(const torch::Tensor &t)
-{
-  std::string out = "[";
-  for (int64_t d = 0; d < t.dim(); ++d) out += (d ? ", " : "") + std::to_string(t.size(d));
-  return out + "]";
-}
-
 }    // namespace
 
 /* ---------------------------------------------------------------------- */
 
 PairEKD::PairEKD(LAMMPS *lmp) :
-    Pair(lmp), device_request("cpu"), device(torch::kCPU), unit_factor(1.0), exchange_allowed(true),
-    model_loaded(false), model_dtype(torch::kFloat64), cutoff(0.0), receptive_field(0.0),
-    min_distance(0.0), num_interactions(1), members(1), jit_optimize(false),
-    many_ranks(false), exchange(false), ghost_receivers(false), comm_width(0), graph(lmp),
-    model_energy(0.0), overlap_warned(false), ghost_message_printed(false)
+    Pair(lmp), committee_every(1), device_request("cpu"), device(torch::kCPU), unit_factor(1.0),
+    exchange_allowed(true), jit_optimize(false), model(lmp), committee(lmp), many_ranks(false),
+    exchange(false), ghost_receivers(false), committee_ghost_receivers(false), comm_width(0),
+    graph(lmp), committee_graph(lmp), model_energy(0.0), uncertainty_source(Uncertainty::NONE),
+    uncertainty_trigger(0), trigger_asked(false), values_asked(false), committee_step(-1),
+    uncertainty_max(0.0), uncertainty_mean(0.0), overlap_warned(false), exchange_message_printed(false)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -93,6 +70,7 @@ PairEKD::~PairEKD()
     memory->destroy(cutsq);
     memory->destroy(cutghost);
   }
+  release_uncertainty_store();
 }
 
 void PairEKD::allocate()
@@ -110,15 +88,19 @@ void PairEKD::allocate()
 }
 
 /* ----------------------------------------------------------------------
-   settings: pair_style ekd FILE [device cpu|cuda|auto] [heap keep|system] [exchange yes|no]
+   settings: pair_style ekd FILE [committee FILE2] [every N] [device cpu|cuda|auto]
+                                 [heap keep|system] [exchange yes|no]
 ------------------------------------------------------------------------- */
 
 void PairEKD::settings(int narg, char **arg)
 {
   if (narg < 1)
-    error->all(FLERR, "Illegal pair_style ekd command: expected 'pair_style ekd FILE [device cpu|cuda|auto] "
-               "[heap keep|system] [exchange yes|no]'");
+    error->all(FLERR, "Illegal pair_style ekd command: expected 'pair_style ekd FILE [committee FILE2] "
+               "[every N] [device cpu|cuda|auto] [heap keep|system] [exchange yes|no]'");
   model_file = arg[0];
+  committee_file.clear();
+  committee_every = 1;
+  bool every_given = false;
   device_request = "cpu";
   exchange_allowed = true;
   bool keep_heap = true;
@@ -143,10 +125,28 @@ void PairEKD::settings(int narg, char **arg)
         error->all(FLERR, "pair_style ekd: keyword 'exchange' needs a value: yes or no");
       exchange_allowed = std::string(arg[iarg + 1]) == "yes";
       iarg += 2;
+    } else if (key == "committee") {
+      if (iarg + 1 >= narg)
+        error->all(FLERR, "pair_style ekd: keyword 'committee' needs a file: committee ENSEMBLE.pt [every N]");
+      committee_file = arg[iarg + 1];
+      iarg += 2;
+    } else if (key == "every") {
+      if (iarg + 1 >= narg)
+        error->all(FLERR, "pair_style ekd: keyword 'every' needs a number of steps: every N");
+      committee_every = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (committee_every < 1)
+        error->all(FLERR, "pair_style ekd: 'every {}': the committee runs every N steps, N must be a positive "
+                   "integer", arg[iarg + 1]);
+      every_given = true;
+      iarg += 2;
     } else {
-      error->all(FLERR, "pair_style ekd: unknown keyword '{}' (known keywords: device, heap, exchange)", key);
+      error->all(FLERR, "pair_style ekd: unknown keyword '{}' (known keywords: committee, every, device, heap, "
+                 "exchange)", key);
     }
   }
+  if (every_given && committee_file.empty())
+    error->all(FLERR, "pair_style ekd: keyword 'every' sets how often the committee runs; it needs "
+               "'committee ENSEMBLE.pt'");
   if (keep_heap) keep_tensor_memory();
 
   const std::string units = update->unit_style;
@@ -159,6 +159,17 @@ void PairEKD::settings(int narg, char **arg)
                "pair_style ekd supports 'units metal' (eV, Angstrom) and 'units real' (kcal/mol, "
                "Angstrom) only, not 'units {}'",
                units);
+
+  // TorchScript's profiling executor re-specialises on tensor shapes, which change every
+  // MD step (the number of edges). Measured here (torch 2.13 CPU, 1 thread, 1536 atoms,
+  // ~49,500 edges, 2-layer and 1-layer message-passing toys, 200 MD steps, two repeats):
+  // model call 16.3-17.5 ms/step with the optimiser off vs 22.3-22.8 ms on (1 layer) and
+  // 24.4-24.9 vs 33.6-35.9 ms (2 layers); an exported HIP-NN (128 features, 2
+  // interactions, cutoff 6.5 A, ~215,000 edges): 3.1 vs 3.5-3.9 s/step and 1.19 vs
+  // 1.28-1.33 GB. So it is off, for the model calls only (GraphOptimizerEnabledGuard);
+  // EKD_JIT_OPTIMIZE=1 turns it on to re-measure.
+  jit_optimize = false;
+  if (const char *env = std::getenv("EKD_JIT_OPTIMIZE")) jit_optimize = std::atoi(env) != 0;
 
   select_device();
 }
@@ -222,16 +233,18 @@ void PairEKD::coeff(int narg, char **arg)
                "but {} elements given",
                ntypes, narg - 2);
 
-  load_model();
-
+  model.load(model_file, device);
   type_to_species.assign(ntypes + 1, -1);
   for (int t = 1; t <= ntypes; ++t) {
-    const std::string el = arg[t + 1];
-    auto it = std::find(elements.begin(), elements.end(), el);
-    if (it == elements.end())
-      error->all(FLERR, "pair_style ekd: element {} not found in model {}; the model knows: {}", el,
-                 model_file, join(elements));
-    type_to_species[t] = static_cast<int>(it - elements.begin());
+    type_to_species[t] = model.species_of(arg[t + 1]);
+    if (type_to_species[t] < 0)
+      error->all(FLERR, "pair_style ekd: element {} not found in model {}; the model knows: {}", arg[t + 1],
+                 model_file, join(model.elements));
+  }
+  if (!committee_file.empty()) {
+    load_committee();
+    type_to_committee.assign(ntypes + 1, -1);
+    for (int t = 1; t <= ntypes; ++t) type_to_committee[t] = committee.species_of(arg[t + 1]);
   }
   for (int i = 1; i <= ntypes; ++i)
     for (int j = i; j <= ntypes; ++j) setflag[i][j] = 1;
@@ -243,171 +256,33 @@ void PairEKD::coeff(int narg, char **arg)
   }
 }
 
-// load the TorchScript file on the chosen device and read its ekd.json metadata
-void PairEKD::load_model()
+// the committee: an ensemble of at least two members that knows the model's elements (in any
+// order); its cutoff and depth may differ (the neighbour list and ghost shell then cover the larger)
+void PairEKD::load_committee()
 {
-  const std::string key = model_file + "|" + device.str();
-  if (model_loaded && key == loaded_key) return;
-  model_loaded = false;
-
-  if (!platform::file_is_readable(model_file))
-    error->all(FLERR, "pair_style ekd: model file {} not found or not readable", model_file);
-
-  torch::jit::ExtraFilesMap extra{{"ekd.json", ""}};
-  try {
-    module = torch::jit::load(model_file, device, extra);
-  } catch (const std::exception &e) {
+  committee.load(committee_file, device);
+  if (!committee.is_committee())
     error->all(FLERR,
-               "pair_style ekd: cannot read {} as a TorchScript file (is it a model exported with "
-               "python -m ekd.export, by a torch no newer than this plugin's libtorch {}.{}.{}?): {}",
-               model_file, TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH,
-               first_line(e.what()));
-  }
-  if (extra["ekd.json"].empty())
-    error->all(FLERR,
-               "pair_style ekd: {} is not an ekd model: it is TorchScript but has no ekd.json "
-               "metadata (export models with python -m ekd.export)",
-               model_file);
-  read_metadata(extra["ekd.json"]);
-  module.eval();
-  if (!exchange_widths.empty()) check_layers();
-
-  // The exported graph calls torch.autograd.grad inside forward(), so InferenceMode
-  // cannot be used; grad mode is switched on for the call (see call_model()).
-  // TorchScript's profiling executor re-specialises on tensor shapes, which change every
-  // MD step (the number of edges). Measured here (torch 2.13 CPU, 1 thread, 1536 atoms,
-  // ~49,500 edges, 2-layer and 1-layer message-passing toys, 200 MD steps, two repeats):
-  // model call 16.3-17.5 ms/step with the optimiser off vs 22.3-22.8 ms on (1 layer) and
-  // 24.4-24.9 vs 33.6-35.9 ms (2 layers); an exported HIP-NN (128 features, 2
-  // interactions, cutoff 6.5 A, ~215,000 edges): 3.1 vs 3.5-3.9 s/step and 1.19 vs
-  // 1.28-1.33 GB. So it is off, for the model call only (GraphOptimizerEnabledGuard);
-  // EKD_JIT_OPTIMIZE=1 turns it on to re-measure.
-  jit_optimize = false;
-  if (const char *env = std::getenv("EKD_JIT_OPTIMIZE")) jit_optimize = std::atoi(env) != 0;
-
-  model_loaded = true;
-  loaded_key = key;
-
-  if (comm->me == 0)
-    utils::logmesg(lmp,
-                   "ekd: loaded {} ({}, {} member(s), elements: {}, cutoff {} A, {} interaction(s), "
-                   "receptive field {} A, {}) on device {}; libtorch {}.{}.{} with {} intra-op "
-                   "thread(s)\n",
-                   model_file, model_kind, members, join(elements), cutoff, num_interactions,
-                   receptive_field, dtype_name, device.str(), TORCH_VERSION_MAJOR,
-                   TORCH_VERSION_MINOR, TORCH_VERSION_PATCH, at::get_num_threads());
-}
-
-// a file listing exchange_features: one isolated atom through edge_features() and every layer(),
-// so a file whose features do not have the listed widths is refused here, on every rank alike,
-// not in the middle of a run
-void PairEKD::check_layers()
-{
-  if (!module.find_method("layer") || !module.find_method("edge_features"))
-    error->all(FLERR, "pair_style ekd: {} lists exchange_features in ekd.json but has no layer() "
-               "and edge_features() methods; re-export it with python -m ekd.export", model_file);
-  const auto float_opts = torch::TensorOptions().dtype(model_dtype).device(device);
-  const auto long_opts = torch::TensorOptions().dtype(torch::kInt64).device(device);
-  torch::Tensor none = torch::zeros({0}, long_opts), one_atom = torch::zeros({1}, long_opts);
-  torch::Tensor z = torch::zeros({1, 0}, float_opts);
-  std::vector<int64_t> widths;
-  try {
-    torch::Tensor s = module.get_method("edge_features")({torch::zeros({0, 3}, float_opts)}).toTensor();
-    for (int t = 0; t + 1 < num_interactions; ++t) {
-      auto out = module.get_method("layer")({static_cast<int64_t>(t), z, s, none, none, one_atom,
-                                             static_cast<int64_t>(1)});
-      z = out.toTupleRef().elements()[0].toTensor();
-      widths.push_back(z.dim() == 2 ? z.size(1) : -1);
-    }
-  } catch (const std::exception &e) {
-    error->all(FLERR, "pair_style ekd: the layer() method of {} fails on one isolated atom: {}",
-               model_file, first_line(e.what()));
-  }
-  for (size_t t = 0; t < widths.size(); ++t)
-    if (widths[t] != exchange_widths[t])
-      error->all(FLERR, "pair_style ekd: layer {} of {} gives features {} per atom but ekd.json lists "
-                 "exchange_features[{}] = {}", t, model_file, widths[t], t, exchange_widths[t]);
-}
-
-void PairEKD::read_metadata(const std::string &json_text)
-{
-  ekd::FlatJson meta;
-  try {
-    meta = ekd::parse_flat_json(json_text);
-  } catch (const std::exception &e) {
-    error->all(FLERR, "pair_style ekd: the ekd.json metadata of {} is not valid JSON: {}",
-               model_file, e.what());
-  }
-  if (!meta.has_string("format") || meta.strings["format"] != "ekd-potential")
-    error->all(FLERR,
-               "pair_style ekd: {} is not an ekd model: its ekd.json has no \"format\": "
-               "\"ekd-potential\"",
-               model_file);
-  if (!meta.has_number("format_version"))
-    error->all(FLERR, "pair_style ekd: the ekd.json metadata of {} has no format_version", model_file);
-  const double version = meta.numbers["format_version"];
-  if (version > EKD_FORMAT_VERSION)
-    error->all(FLERR,
-               "pair_style ekd: {} has format_version {} but this plugin reads format_version {} "
-               "only; rebuild the plugin from a newer ekd",
-               model_file, version, EKD_FORMAT_VERSION);
-
-  auto need_number = [&](const char *name) {
-    if (!meta.has_number(name))
-      error->all(FLERR, "pair_style ekd: the ekd.json metadata of {} has no number '{}'", model_file, name);
-    return meta.numbers[name];
-  };
-  if (!meta.has_string_list("elements") || meta.string_lists["elements"].empty())
-    error->all(FLERR, "pair_style ekd: the ekd.json metadata of {} has no list 'elements'", model_file);
-  elements = meta.string_lists["elements"];
-  cutoff = need_number("cutoff");
-  num_interactions = static_cast<int>(need_number("num_interactions"));
-  if (!(cutoff > 0.0) || num_interactions < 1)
-    error->all(FLERR, "pair_style ekd: {} has cutoff {} and num_interactions {}; both must be positive",
-               model_file, cutoff, num_interactions);
-  receptive_field = meta.has_number("receptive_field") ? meta.numbers["receptive_field"] : 0.0;
-  receptive_field = std::max(receptive_field, num_interactions * cutoff);
-  min_distance = meta.has_number("min_distance") ? meta.numbers["min_distance"] : 0.0;
-  members = meta.has_number("members") ? static_cast<int>(meta.numbers["members"]) : 1;
-  model_kind = meta.has_string("model_kind") ? meta.strings["model_kind"] : "unknown kind";
-  exchange_widths.clear();
-  if (meta.has_number_list("exchange_features"))
-    for (double width : meta.number_lists["exchange_features"]) {
-      if (!(width >= 1.0) || width != std::floor(width))
-        error->all(FLERR, "pair_style ekd: {} has exchange_features entry {} in ekd.json; expected "
-                   "positive integers", model_file, width);
-      exchange_widths.push_back(static_cast<int>(width));
-    }
-  if (!exchange_widths.empty() && static_cast<int>(exchange_widths.size()) != num_interactions - 1)
-    error->all(FLERR, "pair_style ekd: {} lists {} exchange_features for {} interaction(s); expected {}",
-               model_file, exchange_widths.size(), num_interactions, num_interactions - 1);
-  comm_forward = comm_reverse = 0;
-  for (int width : exchange_widths) comm_forward = comm_reverse = std::max(comm_forward, width);
-
-  dtype_name = meta.has_string("dtype") ? meta.strings["dtype"] : "";
-  if (dtype_name == "float64")
-    model_dtype = torch::kFloat64;
-  else if (dtype_name == "float32")
-    model_dtype = torch::kFloat32;
-  else
-    error->all(FLERR, "pair_style ekd: {} has dtype '{}' in ekd.json; expected float32 or float64",
-               model_file, dtype_name);
-
-  for (const char *unit_key : {"energy_unit", "length_unit"}) {
-    const char *expected = std::strcmp(unit_key, "energy_unit") == 0 ? "eV" : "Angstrom";
-    if (meta.has_string(unit_key) && meta.strings[unit_key] != expected)
-      error->all(FLERR, "pair_style ekd: {} has {} '{}'; format version 1 requires '{}'",
-                 model_file, unit_key, meta.strings[unit_key], expected);
-  }
+               "pair_style ekd: committee file {} is a {} model with {} member(s){}; a committee is an "
+               "ensemble file of at least 2 members (python -m ekd.export RUN --model ensemble -o committee.pt)",
+               committee_file, committee.model_kind, committee.members,
+               committee.module.find_method("members") ? "" : " and no members() method");
+  std::vector<std::string> mine = model.elements, theirs = committee.elements;
+  std::sort(mine.begin(), mine.end());
+  std::sort(theirs.begin(), theirs.end());
+  if (mine != theirs)
+    error->all(FLERR, "pair_style ekd: committee {} knows the elements {} but the model {} knows {}; "
+               "both files must know the same elements (in any order)", committee_file,
+               join(committee.elements), model_file, join(model.elements));
 }
 
 /* ----------------------------------------------------------------------
-   init_style: checks, neighbour request, ghost cutoff
+   init_style: checks, uncertainty source, neighbour request, ghost cutoff
 ------------------------------------------------------------------------- */
 
 void PairEKD::init_style()
 {
-  if (!model_loaded) error->all(FLERR, "pair_style ekd: pair_coeff * * El1 El2 ... was not given");
+  if (!model.loaded) error->all(FLERR, "pair_style ekd: pair_coeff * * El1 El2 ... was not given");
   if (force->newton_pair == 0)
     error->all(FLERR,
                "pair_style ekd requires 'newton on' (newton_pair on): forces on ghost atoms are "
@@ -418,67 +293,103 @@ void PairEKD::init_style()
   // several ranks: a model with layer() is evaluated layer by layer, its features exchanged
   // between ranks, with ghosts one cutoff deep; `exchange no` selects the ghost-shell path
   // below instead (every model can take it; it recomputes the layers for a deep ghost shell)
-  exchange = many_ranks && !exchange_widths.empty() && exchange_allowed;
-  ghost_receivers = many_ranks && num_interactions > 1 && !exchange;
+  exchange = many_ranks && !model.exchange_widths.empty() && exchange_allowed;
+  ghost_receivers = many_ranks && model.num_interactions > 1 && !exchange;
+  init_uncertainty();    // only when something asked for the uncertainty: the committee's needs
+  committee_ghost_receivers = uncertainty_source == Uncertainty::COMMITTEE && many_ranks &&
+      committee.num_interactions > 1;
 
   // one rank (and exchange): full list, ghosts mapped to their owners where this rank owns
   // them; ghost-shell path with >1 layer: ghosts are receivers too, so they need neighbour lists
-  ghostneigh = ghost_receivers ? 1 : 0;
+  const bool need_ghost_lists = ghost_receivers || committee_ghost_receivers;
+  ghostneigh = need_ghost_lists ? 1 : 0;
   int flags = NeighConst::REQ_FULL;
-  if (ghost_receivers) flags |= NeighConst::REQ_GHOST;
+  if (need_ghost_lists) flags |= NeighConst::REQ_GHOST;
   neighbor->add_request(this, flags);
 
-  if (ghost_receivers) {
+  if (need_ghost_lists) {
     if (comm->mode != Comm::SINGLE)
       error->all(FLERR, "pair_style ekd on several MPI ranks requires 'comm_modify mode single'");
     // nodes up to num_interactions edges away from a local atom must be ghosts here
-    const double wanted = receptive_field + neighbor->skin;
+    const double field = std::max(ghost_receivers ? model.receptive_field : 0.0,
+                                  committee_ghost_receivers ? committee.receptive_field : 0.0);
+    const double wanted = field + neighbor->skin;
     if (comm->cutghostuser < wanted) {
       comm->cutghostuser = wanted;
-      if (comm->me == 0 && !ghost_message_printed)
+      std::string whose = ghost_receivers ? "model " + model_file : "";
+      if (committee_ghost_receivers) whose += (whose.empty() ? "committee " : " and committee ") + committee_file;
+      if (comm->me == 0)    // once: the ghost cutoff stays raised for later runs
         utils::logmesg(lmp,
-                       "ekd: ghost cutoff set to {:.4f} A (receptive field {} A of {} interaction(s) "
-                       "+ skin {} A) so every local energy is exact on {} ranks\n",
-                       wanted, receptive_field, num_interactions, neighbor->skin, comm->nprocs);
-      ghost_message_printed = true;
+                       "ekd: ghost cutoff set to {:.4f} A (receptive field {} A of the {} + skin {} A) so "
+                       "every local energy is exact on {} ranks\n",
+                       wanted, field, whose, neighbor->skin, comm->nprocs);
     }
   }
-  if (exchange && comm->me == 0 && !ghost_message_printed) {
+  if (exchange && comm->me == 0 && !exchange_message_printed) {
     utils::logmesg(lmp, "ekd: {} ranks exchange the features of {} layer(s) (ghost cutoff: one model "
-                   "cutoff + skin)\n", comm->nprocs, exchange_widths.size());
-    ghost_message_printed = true;
+                   "cutoff + skin)\n", comm->nprocs, model.exchange_widths.size());
+    exchange_message_printed = true;
   }
 
+  // widest per-atom row sent between ranks: exchanged features, or 3 force components per member
+  comm_forward = comm_reverse = 0;
+  for (int width : model.exchange_widths) comm_forward = comm_reverse = std::max(comm_forward, width);
+  if (uncertainty_source == Uncertainty::COMMITTEE) comm_reverse = std::max(comm_reverse, 3 * committee.members);
+  if (uncertainty_source == Uncertainty::ENSEMBLE) comm_reverse = std::max(comm_reverse, 3 * model.members);
+
   overlap_warned = false;    // the overlap warning is printed once per run
-  graph.configure(cutoff, min_distance, num_interactions, type_to_species, many_ranks, ghost_receivers);
+  graph.configure(model.cutoff, model.min_distance, model.num_interactions, type_to_species, many_ranks,
+                  ghost_receivers);
+  if (uncertainty_source == Uncertainty::COMMITTEE)
+    committee_graph.configure(committee.cutoff, 0.0, committee.num_interactions, type_to_committee, many_ranks,
+                              committee_ghost_receivers);
 }
 
+// the neighbour list covers the committee's cutoff too when the committee is in use
 double PairEKD::init_one(int i, int j)
 {
   if (setflag[i][j] == 0) error->all(FLERR, "All pair coeffs are not set");
-  cutghost[i][j] = cutghost[j][i] = cutoff;    // neighbour lists of ghost receivers
-  return cutoff;
+  double cut = model.cutoff;
+  if (uncertainty_source == Uncertainty::COMMITTEE) cut = std::max(cut, committee.cutoff);
+  cutghost[i][j] = cutghost[j][i] = cut;    // neighbour lists of ghost receivers
+  return cut;
 }
 
 /* ----------------------------------------------------------------------
-   compute: graph.build -> call_model (or call_layers) -> write_back
+   compute: graph.build -> call_model (or call_layers) -> write_back [-> compute_uncertainty]
 ------------------------------------------------------------------------- */
 
 void PairEKD::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
+  const bool uncertain = uncertainty_now();
+  const bool own = uncertain && uncertainty_source == Uncertainty::OWN;
   graph.build(list);
-  if (graph.overlap_found && !overlap_warned) warn_overlap();
+  check_positions();
   if (exchange) {
     if (atom->nlocal == 0)
       exchange_idle();    // nothing owned, but the neighbours' exchanges need this rank
     else
-      call_layers();
-  } else {
-    if (atom->nlocal == 0) return;    // nothing owned: no energy, no forces
-    call_model();
+      call_layers(own);
+    write_back();
+  } else if (atom->nlocal > 0) {    // nothing owned: no energy, no forces
+    call_model(own);
+    write_back();
   }
-  write_back();
+  if (uncertain) compute_uncertainty();    // collective: every rank, owning atoms or not
+}
+
+// two atoms at the same position make the model's energy NaN: stop, naming them; closer than the
+// training data: warn once per run
+void PairEKD::check_positions()
+{
+  if (graph.same_found)
+    error->one(FLERR,
+               "pair_style ekd: atoms {} and {} are {:.3g} A apart, closer than {} A: two atoms at (nearly) "
+               "the same position, where the model's energy and forces are undefined (check the data "
+               "file, or the steps before: lost atoms, too long a timestep)",
+               graph.same_tag_i, graph.same_tag_j, graph.same_dist, EKDGraph::SAME_POSITION);
+  if (graph.overlap_found && !overlap_warned) warn_overlap();
 }
 
 void PairEKD::warn_overlap()
@@ -487,66 +398,46 @@ void PairEKD::warn_overlap()
                  "pair_style ekd: atoms {} and {} are {:.4f} A apart, closer than the shortest "
                  "distance in the training data ({} A, min_distance in {}): the model extrapolates "
                  "(printed once per run)",
-                 graph.overlap_tag_i, graph.overlap_tag_j, graph.overlap_dist, min_distance, model_file);
+                 graph.overlap_tag_i, graph.overlap_tag_j, graph.overlap_dist, model.min_distance, model_file);
   overlap_warned = true;
 }
 
 /* ----------------------------------------------------------------------
-   call_model: wrap the buffers (no copy on CPU/float64), one forward() call
+   call_model: wrap the buffers (no copy on CPU/float64), one forward() call; on the steps the
+   model's own uncertainty is requested, forward_with_uncertainty() instead (same outputs + one)
 ------------------------------------------------------------------------- */
 
-void PairEKD::input_tensors(torch::Tensor &t_vec, torch::Tensor &t_recv, torch::Tensor &t_send,
-                            torch::Tensor &t_species)
+void PairEKD::call_model(bool with_uncertainty)
 {
   const int64_t n_edges = static_cast<int64_t>(graph.receivers.size());
   const int64_t n_node = static_cast<int64_t>(graph.species.size());
-  const auto long_opts = torch::TensorOptions().dtype(torch::kInt64);
-
-  if (model_dtype == torch::kFloat64) {
-    t_vec = torch::from_blob(graph.edge_vec.data(), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64));
-  } else {
-    edge_vec_f32.resize(graph.edge_vec.size());
-    std::copy(graph.edge_vec.begin(), graph.edge_vec.end(), edge_vec_f32.begin());
-    t_vec = torch::from_blob(edge_vec_f32.data(), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat32));
-  }
-  t_recv = torch::from_blob(graph.receivers.data(), {n_edges}, long_opts);
-  t_send = torch::from_blob(graph.senders.data(), {n_edges}, long_opts);
-  t_species = torch::from_blob(graph.species.data(), {n_node}, long_opts);
-  if (!device.is_cpu()) {
-    t_vec = t_vec.to(device);
-    t_recv = t_recv.to(device);
-    t_send = t_send.to(device);
-    t_species = t_species.to(device);
-  }
-}
-
-void PairEKD::call_model()
-{
-  const int64_t n_edges = static_cast<int64_t>(graph.receivers.size());
-  const int64_t n_node = static_cast<int64_t>(graph.species.size());
+  const int64_t nlocal = atom->nlocal;
   torch::Tensor t_vec, t_recv, t_send, t_species;
-  input_tensors(t_vec, t_recv, t_send, t_species);
+  model.inputs(graph, t_vec, t_recv, t_send, t_species);
 
   inputs.clear();
   inputs.emplace_back(t_vec);
   inputs.emplace_back(t_recv);
   inputs.emplace_back(t_send);
   inputs.emplace_back(t_species);
-  inputs.emplace_back(static_cast<int64_t>(atom->nlocal));
+  inputs.emplace_back(nlocal);
 
   c10::IValue result;
   try {
     torch::AutoGradMode grad_on(true);    // the model differentiates inside forward()
     torch::jit::GraphOptimizerEnabledGuard optimize(jit_optimize);
-    result = module.forward(inputs);
+    result = with_uncertainty ? model.module.get_method("forward_with_uncertainty")(inputs)
+                              : model.module.forward(inputs);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style ekd: the model {} failed on {} nodes and {} edges (model dtype {}): {}",
-               model_file, n_node, n_edges, dtype_name, first_line(e.what()));
+               model_file, n_node, n_edges, model.dtype_name, first_line(e.what()));
   }
 
-  if (!result.isTuple() || result.toTupleRef().elements().size() != 3)
-    error->one(FLERR, "pair_style ekd: the model {} must return (energy, atom_energy, edge_grad)",
-               model_file);
+  const size_t n_out = with_uncertainty ? 4 : 3;
+  if (!result.isTuple() || result.toTupleRef().elements().size() != n_out)
+    error->one(FLERR, "pair_style ekd: the model {} must return (energy, atom_energy, edge_grad{}) from {}",
+               model_file, with_uncertainty ? ", atom_uncertainty" : "",
+               with_uncertainty ? "forward_with_uncertainty()" : "forward()");
   const auto &out = result.toTupleRef().elements();
   torch::Tensor energy = out[0].toTensor();
   torch::Tensor atom_energy = out[1].toTensor();
@@ -558,6 +449,13 @@ void PairEKD::call_model()
                "{}; expected [], [{}], [{}, 3]",
                model_file, shape_of(energy), shape_of(atom_energy), shape_of(edge_grad), n_node,
                n_edges);
+  if (with_uncertainty) {
+    torch::Tensor u = out[3].toTensor();
+    if (u.dim() != 1 || u.size(0) != nlocal)
+      error->one(FLERR, "pair_style ekd: forward_with_uncertainty() of {} returned atom_uncertainty {}; "
+                 "expected [{}] (one value per local atom)", model_file, shape_of(u), nlocal);
+    own_uncertainty = u.to(torch::kCPU, torch::kFloat64).contiguous();
+  }
 
   model_energy = energy.to(torch::kCPU, torch::kFloat64).item<double>();
   atom_energy_out = atom_energy.to(torch::kCPU, torch::kFloat64).contiguous();
@@ -571,23 +469,24 @@ void PairEKD::call_model()
    Backward, t = L-1 .. 0, by autograd through each layer's graph:
      d/d(s, z^t) of [ sum energy_t + <z^{t+1}, g^{t+1}> ];
      g^t = dE/dz^t of local nodes = own rows + ghost rows summed on their owners (reverse comm);
-   at last dE/d(edge vectors) from dE/ds through edge_features.
+   at last dE/d(edge vectors) from dE/ds through edge_features. With the model's own uncertainty
+   requested: atom_uncertainty(z^L of the local nodes), the last layer's features.
 ------------------------------------------------------------------------- */
 
-void PairEKD::call_layers()
+void PairEKD::call_layers(bool with_uncertainty)
 {
   const int64_t nlocal = atom->nlocal;
-  const int n_layers = num_interactions;
+  const int n_layers = model.num_interactions;
   torch::Tensor t_vec, t_recv, t_send, t_species;
-  input_tensors(t_vec, t_recv, t_send, t_species);
-  const auto float_opts = torch::TensorOptions().dtype(model_dtype).device(device);
+  model.inputs(graph, t_vec, t_recv, t_send, t_species);
+  const auto float_opts = torch::TensorOptions().dtype(model.dtype).device(device);
 
   torch::AutoGradMode grad_on(true);
   torch::jit::GraphOptimizerEnabledGuard optimize(jit_optimize);
   torch::Tensor vec = t_vec.detach().requires_grad_(true);
   torch::Tensor features, s;    // s: the edge features as a leaf, so each layer's backward stops there
   try {
-    features = module.get_method("edge_features")({vec}).toTensor();
+    features = model.module.get_method("edge_features")({vec}).toTensor();
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style ekd: edge_features of the model {} failed on {} edges: {}", model_file,
                graph.receivers.size(), first_line(e.what()));
@@ -595,7 +494,7 @@ void PairEKD::call_layers()
   s = features.detach().requires_grad_(true);
   std::vector<torch::Tensor> z_in(n_layers), z_out(n_layers), energy(n_layers);
   torch::Tensor z = torch::zeros({static_cast<int64_t>(graph.species.size()), 0}, float_opts);
-  auto layer = module.get_method("layer");
+  auto layer = model.module.get_method("layer");
   for (int t = 0; t < n_layers; ++t) {
     z_in[t] = t > 0 ? z.requires_grad_(true) : z;
     try {
@@ -607,13 +506,27 @@ void PairEKD::call_layers()
       error->one(FLERR, "pair_style ekd: layer {} of the model {} failed on {} nodes and {} edges: {}", t,
                  model_file, graph.species.size(), graph.receivers.size(), first_line(e.what()));
     }
-    const int64_t width = t + 1 < n_layers ? exchange_widths[t] : z_out[t].size(-1);
+    const int64_t width = t + 1 < n_layers ? model.exchange_widths[t] : z_out[t].size(-1);
     if (energy[t].numel() != nlocal || z_out[t].dim() != 2 || z_out[t].size(0) != nlocal ||
         z_out[t].size(1) != width)
       error->one(FLERR, "pair_style ekd: layer {} of the model {} returned features {} and energies {} "
                  "for {} local atoms; expected [{}, {}] (exchange_features) and [{}]", t, model_file,
                  shape_of(z_out[t]), shape_of(energy[t]), nlocal, nlocal, width, nlocal);
     if (t + 1 < n_layers) z = exchange_features(z_out[t].detach());
+  }
+
+  if (with_uncertainty) {
+    try {
+      torch::NoGradGuard no_grad;
+      own_uncertainty = model.module.get_method("atom_uncertainty")({z_out[n_layers - 1]}).toTensor();
+    } catch (const std::exception &e) {
+      error->one(FLERR, "pair_style ekd: atom_uncertainty() of the model {} failed on {} local atoms: {}",
+                 model_file, nlocal, first_line(e.what()));
+    }
+    if (own_uncertainty.dim() != 1 || own_uncertainty.size(0) != nlocal)
+      error->one(FLERR, "pair_style ekd: atom_uncertainty() of {} returned {}; expected [{}] (one value per "
+                 "local atom)", model_file, shape_of(own_uncertainty), nlocal);
+    own_uncertainty = own_uncertainty.to(torch::kCPU, torch::kFloat64).contiguous();
   }
 
   torch::Tensor atom_energy = energy[0].detach();
@@ -654,13 +567,13 @@ void PairEKD::call_layers()
 void PairEKD::exchange_idle()
 {
   const int nall = atom->nlocal + atom->nghost;
-  for (int width : exchange_widths) {
+  for (int width : model.exchange_widths) {
     comm_width = width;
     comm_rows.assign(static_cast<size_t>(nall) * width, 0.0);
     comm->forward_comm(this);
   }
-  for (int t = num_interactions - 1; t > 0; --t) {
-    comm_width = exchange_widths[t - 1];
+  for (int t = model.num_interactions - 1; t > 0; --t) {
+    comm_width = model.exchange_widths[t - 1];
     comm_rows.assign(static_cast<size_t>(nall) * comm_width, 0.0);
     comm->reverse_comm(this);
   }
@@ -688,7 +601,7 @@ torch::Tensor PairEKD::exchange_features(const torch::Tensor &z_local)
   double *out = ghosts.data_ptr<double>();
   for (int k = 0; k < n_ghost_nodes; ++k)
     std::copy_n(&comm_rows[static_cast<size_t>(graph.node_atom[nlocal + k]) * width], width, out + static_cast<size_t>(k) * width);
-  return torch::cat({local, ghosts}).to(device, model_dtype);
+  return torch::cat({local, ghosts}).to(device, model.dtype);
 }
 
 // dE/dz of every node -> dE/dz of the local nodes: ghost rows are added on their owners by one
@@ -706,7 +619,7 @@ torch::Tensor PairEKD::exchange_gradients(const torch::Tensor &dz)
     std::copy_n(in + static_cast<size_t>(n) * width, width, &comm_rows[static_cast<size_t>(graph.node_atom[n]) * width]);
   comm->reverse_comm(this);
   torch::Tensor from_ghosts = torch::from_blob(comm_rows.data(), {nlocal, width}, torch::kFloat64);
-  return (all.narrow(0, 0, nlocal) + from_ghosts).to(device, model_dtype);
+  return (all.narrow(0, 0, nlocal) + from_ghosts).to(device, model.dtype);
 }
 
 int PairEKD::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)

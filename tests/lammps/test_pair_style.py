@@ -11,10 +11,9 @@ import torch
 from ase import Atoms
 
 from ekd.calculator import EKDCalculator
-from ekd.config import load_config
 from ekd.export import export_model, read_metadata
 from ekd.md.lammps_driver import read_dump, read_thermo, write_data
-from ekd.run_directory import open_run
+from tests.lammps.conftest import random_checkpoint, with_metadata
 from tests.lammps.lmp import EV_TO_KCAL_MOL, deck, read_result, run_lammps
 
 REL = {"float64": 1e-10, "float32": 1e-5}
@@ -37,46 +36,6 @@ def models(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
             files[f"{name}_{dtype}"] = folder / f"{name}_{dtype}.pt"
             export_model([checkpoint], files[f"{name}_{dtype}"], getattr(torch, dtype))
     return files
-
-
-def random_checkpoint(template: Path, folder: Path, kind: str, hyperparameters: dict) -> Path:
-    """A model with random (not trained) weights in a checkpoint of the tiny run's format: LAMMPS
-    must reproduce any weights, and random ones give large forces."""
-    from ekd.models import build_model
-    from ekd.models.registry import model_spec
-    from ekd.training import read_checkpoint
-
-    state = read_checkpoint(template)
-    torch.manual_seed(7)
-    model = build_model(kind, state["model_spec"]["elements"], hyperparameters).double()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    state.update(model_spec=model_spec(model), best_state=model.state_dict(), dtype="float64")
-    path = folder / f"{kind}_{hyperparameters['n_interactions']}.pt.checkpoint"
-    torch.save(state, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def box(tiny_run: Path) -> Atoms:
-    """A periodic 2x2x2 grid of test-split molecules, close enough to interact across the box."""
-    run = open_run(tiny_run, load_config(tiny_run.parent / "tiny.toml"), progress=False)
-    rng = np.random.default_rng(0)
-    symbols, positions, spacing = [], [], 4.2
-    offsets = run.data.offsets
-    for k, corner in enumerate(np.ndindex(2, 2, 2)):
-        conf = run.split["test"][k % len(run.split["test"])]
-        x = run.data.positions[offsets[conf]:offsets[conf + 1]]
-        x = (x - x.mean(axis=0)) @ _rotation(rng)
-        positions.append(x + spacing * (np.array(corner) + 0.5))
-        symbols += list(Atoms(numbers=run.data.species[offsets[conf]:offsets[conf + 1]]).get_chemical_symbols())
-    return Atoms(symbols, positions=np.concatenate(positions), cell=[2 * spacing] * 3, pbc=True)
-
-
-def _rotation(rng: np.random.Generator) -> np.ndarray:
-    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    return q
 
 
 def python_reference(model: Path, atoms: Atoms) -> dict[str, np.ndarray]:
@@ -278,18 +237,6 @@ write_dump all custom final.dump id x y z modify sort id format float %.17g
     assert gap < 1e-8
 
 
-def with_metadata(path: Path, out: Path, module: torch.jit.ScriptModule | None = None, **changes: object) -> str:
-    """A copy of an exported file (or `module` with its metadata) with some metadata entries changed."""
-    import json
-
-    from ekd.export import METADATA_NAME
-
-    meta = {**json.loads(read_metadata(path).to_json()), **changes}
-    module = torch.jit.load(str(path)) if module is None else module
-    torch.jit.save(module, str(out), _extra_files={METADATA_NAME: json.dumps(meta)})
-    return str(out)
-
-
 @pytest.mark.parametrize("case, message", [
     ("missing", "model file .*absent.pt not found"),
     ("not_torchscript", "cannot read .*junk.pt as a TorchScript file"),
@@ -300,7 +247,7 @@ def with_metadata(path: Path, out: Path, module: torch.jit.ScriptModule | None =
     ("units_lj", "not 'units lj'"),
     ("bad_keyword", "unknown keyword 'colour'"),
     ("bad_heap", "keyword 'heap' needs a value: keep or system"),
-    ("newer_format", "newer.pt has format_version 99 but this plugin reads format_version 1 only"),
+    ("newer_format", "newer.pt has format_version 99 but this plugin reads format_version 2 at most"),
     ("bad_exchange", "keyword 'exchange' needs a value: yes or no"),
     ("exchange_count", "odd.pt lists 2 exchange_features for 2 interaction.s.; expected 1"),
     ("exchange_fraction", "odd.pt has exchange_features entry 2.5 in ekd.json; expected positive integers"),

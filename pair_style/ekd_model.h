@@ -1,0 +1,68 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   ekd_model.h — one exported ekd file as pair_style ekd uses it (export/CONTRACT.md §3-4): the
+   TorchScript module on its device and the metadata the pair style needs, read and checked once.
+   pair_style ekd holds one for the model that drives the dynamics and, with `committee FILE`, one
+   for the committee that gives the per-atom uncertainty.
+------------------------------------------------------------------------- */
+
+#ifndef LMP_EKD_MODEL_H
+#define LMP_EKD_MODEL_H
+
+#include "pointers.h"
+
+#include <torch/script.h>
+
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class EKDGraph;
+
+class EKDModel : protected Pointers {
+ public:
+  explicit EKDModel(class LAMMPS *);
+
+  // load `path` on `device` and check its metadata (nothing to do if that file is loaded on that
+  // device already); every error names the file
+  void load(const std::string &path, const torch::Device &device);
+  // model species index of an element symbol, -1 if the file does not know it
+  int species_of(const std::string &element) const;
+  // an ensemble file with a members() method and at least two members: a committee
+  bool is_committee() const;
+  // the graph's buffers as model inputs on the model's device (no copy for float64 on the CPU;
+  // a float32 model gets a float32 copy of the edge vectors)
+  void inputs(EKDGraph &graph, torch::Tensor &vec, torch::Tensor &recv, torch::Tensor &send,
+              torch::Tensor &species);
+
+  // --- the file and its metadata (ekd.json) ---------------------------------
+  std::string path;
+  torch::jit::Module module;
+  torch::Device device;
+  bool loaded;
+  std::vector<std::string> elements;
+  std::string model_kind;
+  std::string dtype_name;
+  torch::ScalarType dtype;
+  double cutoff;                       // Angstrom
+  double receptive_field;              // Angstrom
+  double min_distance;                 // Angstrom (0 = no check)
+  int num_interactions;
+  int members;
+  std::vector<int> exchange_widths;    // features after each layer but the last (metadata
+                                       // exchange_features); empty: the file has no layer()
+  bool atom_uncertainty;               // forward_with_uncertainty() (and atom_uncertainty() with layer())
+  double uncertainty_scale;            // informational: already applied inside the file
+
+ private:
+  void read_metadata(const std::string &json_text);
+  void check_layers();
+  void check_uncertainty_methods();
+
+  std::string loaded_key;              // path + device of the loaded module
+  std::vector<float> edge_vec_f32;     // [E*3] the graph's edge vectors for a float32 model
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
