@@ -34,9 +34,13 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"(unsupported GLOBAL \S+|Unsupported global: \S+ \S+)", str(err))
+        if found is None:  # not ekd's kind of pickle at all: a damaged or foreign file
+            detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(err))
+            raise ModelFileError(f"{path}: not a readable checkpoint "
+                                 f"({detail.group(1).strip() if detail else str(err).splitlines()[0]})") from None
         raise ModelFileError(f"{path}: refused: it holds objects other than tensors, numbers, strings and plain "
-                             f"containers ({found.group(1) if found else 'see torch.load weights_only'}), and "
-                             "loading them could run code; ekd checkpoints never hold such objects") from None
+                             f"containers ({found.group(1)}), and loading them could run code; ekd checkpoints "
+                             "never hold such objects") from None
     except Exception as err:  # torch raises several types for corrupt files
         raise ModelFileError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
