@@ -27,6 +27,19 @@ def test_quick_benchmark_report(tiny_run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "bench.png").stat().st_size > 1000
 
 
+def test_uncertainty_and_committee_rows(tiny_run: Path, tiny_exports: dict, tmp_path: Path) -> None:
+    """--uncertainty N times the student with its head's uncertainty stored every N steps and the
+    ensemble with its deviation; --committee adds the student watched by the ensemble."""
+    argv = [str(tiny_run), "--quick", "--models", "student,ensemble", "--uncertainty", "2",
+            "--committee", str(tiny_exports["ensemble"]), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    runs = {r["model"]: r for r in json.loads((tmp_path / "bench.json").read_text())["runs"]}
+    assert set(runs) == {"student", "ensemble", "student+u", "ensemble+u", "student+committee"}
+    assert all(r["ok"] and r["katom_step_per_s"] > 0 for r in runs.values())
+    deck = (tmp_path / "runs" / f"student+committee_{runs['student']['atoms']}_1" / "in.deck").read_text()
+    assert f"committee {tiny_exports['ensemble']} every 2" in deck and "fix u all pair 2 ekd uncertainty 1" in deck
+
+
 def test_bad_inputs(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(tmp_path / "absent.pt"), "--quick"]) == 2
     assert "model file not found" in capsys.readouterr().err

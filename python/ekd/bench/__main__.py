@@ -18,7 +18,7 @@ import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ from ..md.boxes import base_box, box_of_size, representative_molecules
 from ..md.lammps_driver import SKIN
 from . import report as report_module
 from .model_timing import time_model_in_child
-from .timed_md import run_md
+from .timed_md import Uncertainty, run_md
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -50,12 +50,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="precision of the exported models (default float32)")
     parser.add_argument("--density", type=float, default=0.9, help="mass density of the boxes, g/cm³ (default 0.9)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/bench)")
+    parser.add_argument("--uncertainty", type=int, default=0, metavar="N",
+                        help="also time every model that has a per-atom uncertainty (a student's head, an "
+                             "ensemble's deviation) with it stored every N steps (fix pair), as MODEL+u "
+                             "(default 0: no)")
+    parser.add_argument("--committee", type=Path, default=None, metavar="FILE",
+                        help="also time every single model with `committee FILE every N` (N from --uncertainty, "
+                             "default 10), as MODEL+committee")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny check: one small size, 1 rank, 5 steps (used by the test suite)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.ranks, args.steps, args.warmup = "150", "1", 5, 2
+    if args.uncertainty < 0:
+        parser.error("--uncertainty must be >= 0")
     return args
+
+
+def variants(files: Dict[str, Path], metadata: Dict[str, Any], args: argparse.Namespace
+             ) -> Dict[str, tuple[Path, Optional[Uncertainty]]]:
+    """Every model as it is, and with its uncertainty or a committee when asked for: name ->
+    (file, what the run asks of the uncertainty)."""
+    runs: Dict[str, tuple[Path, Optional[Uncertainty]]] = {name: (path, None) for name, path in files.items()}
+    every = args.uncertainty or 10
+    for name, path in files.items():
+        meta = metadata[name]
+        if args.uncertainty and (meta.atom_uncertainty or (meta.is_ensemble and meta.members > 1)):
+            runs[f"{name}+u"] = (path, Uncertainty(every))
+        if args.committee is not None and not meta.is_ensemble:
+            runs[f"{name}+committee"] = (path, Uncertainty(every, args.committee.resolve()))
+    return runs
 
 
 def export_run_models(run: Path, names: List[str], out: Path, dtype: str) -> Dict[str, Path]:
@@ -144,7 +168,8 @@ def benchmark(args: argparse.Namespace) -> int:
         "steps": args.steps, "warmup": args.warmup, "dtype": args.dtype, "accuracy": accuracy,
         "runs": [], "model_alone": {},
     }
-    names = list(files)
+    runs = variants(files, metadata, args)
+    names = list(runs)
     best: Dict[tuple, Dict[str, Any]] = {}
     turn = 0
     for repeat in range(args.repeats):
@@ -155,9 +180,11 @@ def benchmark(args: argparse.Namespace) -> int:
                 for name in order:
                     threads = args.threads or max(1, cores // ranks)
                     folder = out / "runs" / f"{name}_{len(box)}_{ranks}"
-                    if ranks == min(rank_counts):
-                        time_alone(report, name, files[name], box, args.threads or cores, folder)
-                    result = asdict(run_md(folder, files[name], box, elements, ranks, threads, args.steps, args.warmup))
+                    model, uncertainty = runs[name]
+                    if ranks == min(rank_counts) and uncertainty is None:
+                        time_alone(report, name, model, box, args.threads or cores, folder)
+                    result = asdict(run_md(folder, model, box, elements, ranks, threads, args.steps, args.warmup,
+                                           uncertainty=uncertainty))
                     result["model"] = name
                     key = (name, len(box), ranks)
                     if key not in best or (result["ok"] and result["katom_step_per_s"] > best[key].get(

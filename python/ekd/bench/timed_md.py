@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from ase import Atoms
 
@@ -32,20 +32,38 @@ class MDResult(Performance):
     extra: Dict[str, float] = field(default_factory=dict)
 
 
-def deck(model: Path, elements: list[str], steps: int, warmup: int, timestep_fs: float = 0.25) -> str:
-    """NVE from 300 K in metal units: `warmup` untimed steps, then `steps` timed ones."""
-    return "\n".join([system_lines(), pair_lines(model, elements), neighbor_lines(),
+@dataclass(frozen=True)
+class Uncertainty:
+    """What a timed run asks of the pair style's per-atom uncertainty: every `every` steps, from
+    the model itself (its head, or an ensemble's deviation) or from a `committee` file."""
+
+    every: int
+    committee: Optional[Path] = None
+
+
+def deck(model: Path, elements: list[str], steps: int, warmup: int, timestep_fs: float = 0.25,
+         uncertainty: Optional[Uncertainty] = None) -> str:
+    """NVE from 300 K in metal units: `warmup` untimed steps, then `steps` timed ones; with
+    `uncertainty`, the per-atom uncertainty stored by fix pair every `every` steps."""
+    keywords, extra = "", []
+    if uncertainty is not None:
+        if uncertainty.committee is not None:
+            keywords = f"committee {uncertainty.committee} every {uncertainty.every}"
+        extra = [f"fix u all pair {uncertainty.every} ekd uncertainty 1", "compute umax all reduce max f_u"]
+    pair = pair_lines(model, elements, keywords)
+    return "\n".join([system_lines(), pair, neighbor_lines(), *extra,
                       "velocity all create 300.0 4928459 mom yes rot yes", "fix nve all nve",
                       f"timestep {timestep_fs / 1000.0}", thermo_lines(every=max(steps, 1)),
                       f"run {warmup}", f"run {steps}", ""])
 
 
+
 def run_md(folder: Path, model: Path, atoms: Atoms, elements: list[str], ranks: int, threads: int,
-           steps: int, warmup: int, timeout: float = 3600.0) -> MDResult:
+           steps: int, warmup: int, timeout: float = 3600.0, uncertainty: Optional[Uncertainty] = None) -> MDResult:
     """Run MD and read LAMMPS's own timings; a failed run returns ok=False with the error."""
     folder.mkdir(parents=True, exist_ok=True)
     write_data(folder / "data.lmp", atoms, elements)
-    (folder / "in.deck").write_text(deck(model.resolve(), elements, steps, warmup))
+    (folder / "in.deck").write_text(deck(model.resolve(), elements, steps, warmup, uncertainty=uncertainty))
     run = run_lammps(folder / "in.deck", ranks=ranks, threads=threads, timeout=timeout)
     figures = read_performance(run.log) if run.ok else None
     loop = read_loop_time(run.log)

@@ -71,9 +71,9 @@ def system_lines(units: str = "metal", atom_modify: str = "", processors: str = 
     return "\n".join(lines + [f"read_data {data}"])
 
 
-def pair_lines(model: Path | str, elements: Sequence[str]) -> str:
+def pair_lines(model: Path | str, elements: Sequence[str], keywords: str = "") -> str:
     """`pair_style ekd MODEL [keywords]` and the element of each atom type, in type order."""
-    return f"pair_style ekd {model}\npair_coeff * * {' '.join(elements)}"
+    return f"pair_style ekd {model}{' ' + keywords if keywords else ''}\npair_coeff * * {' '.join(elements)}"
 
 
 def neighbor_lines(skin: float = SKIN) -> str:
