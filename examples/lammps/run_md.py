@@ -20,7 +20,7 @@ import torch
 from ekd.config import load_config
 from ekd.data import read_data
 from ekd.export import export_model
-from ekd.export.__main__ import checkpoints_for
+from ekd.run_layout import RunLayout, checkpoints_for
 from ekd.md.boxes import base_box, box_of_size, representative_molecules
 from ekd.md.lammps_driver import lammps_command, run_lammps, write_data
 
@@ -49,7 +49,7 @@ def main() -> int:
     if args.uncertainty:
         export_model(checkpoints_for(args.run, "ensemble"), HERE / "committee.pt", torch.float32)
         variables["committee"] = "committee.pt"
-    molecules = representative_molecules(read_data(load_config(args.run / "config.toml").data))
+    molecules = representative_molecules(read_data(load_config(RunLayout(args.run).config_path).data))
     box = box_of_size(base_box(molecules, copies=max(1, 120 // sum(len(m) for m in molecules)), density=args.density),
                       args.atoms)
     write_data(HERE / "box.data", box, metadata.elements)
