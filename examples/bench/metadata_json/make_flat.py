@@ -1,6 +1,6 @@
 """A copy of an exported ekd file whose metadata is flat string entries (one per key),
 nested values as JSON text: what a flat layout would store."""
-import json, sys, zipfile, torch
+import json, sys, torch
 src, dst = sys.argv[1], sys.argv[2]
 extra = {"ekd.json": ""}
 m = torch.jit.load(src, _extra_files=extra)
