@@ -72,9 +72,14 @@ class Metadata:
             raw = json.loads(text)
         except json.JSONDecodeError as err:
             raise ModelFileError(f"{path}: {METADATA_NAME} is not valid JSON ({err})") from None
+        except RecursionError:
+            raise ModelFileError(f"{path}: {METADATA_NAME} is nested too deeply to be ekd metadata") from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ModelFileError(f"{path}: not an ekd model ({METADATA_NAME} has no format '{FORMAT}')")
-        if int(raw.get("format_version", 0)) > FORMAT_VERSION:
+        version = raw.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ModelFileError(f"{path}: {METADATA_NAME}: key format_version must be an integer, got {version!r}")
+        if version > FORMAT_VERSION:
             raise ModelFileError(f"{path}: format version {raw['format_version']} is newer than this ekd "
                                  f"reads ({FORMAT_VERSION}); upgrade ekd")
         known = {f.name: f for f in dataclasses.fields(cls)}
@@ -93,19 +98,40 @@ class Metadata:
         return metadata
 
 
+# The JSON type of every key (bool is not a number here, though Python says it is an int).
+_NUMBER, _INTEGER = "a number", "an integer"
+KEY_TYPES = {"model_kind": str, "elements": "list of str", "cutoff": _NUMBER, "dtype": str,
+             "num_interactions": _INTEGER, "receptive_field": _NUMBER, "energy_unit": str, "length_unit": str,
+             "min_distance": _NUMBER, "reference_energies": dict, "hyperparameters": dict, "members": _INTEGER,
+             "exchange_features": "list of int", "atom_uncertainty": bool, "uncertainty_scale": _NUMBER,
+             "provenance": dict, "format": str, "format_version": _INTEGER}
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    if expected == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected == _INTEGER:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected == "list of str":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if expected == "list of int":
+        return isinstance(value, list) and all(_has_type(v, _INTEGER) for v in value)
+    return isinstance(value, expected)
+
+
 def _check_types(metadata: Metadata) -> None:
-    """Refuse values of the wrong type, naming the key (a str where a number belongs, ...)."""
-    numbers = ("cutoff", "receptive_field", "min_distance", "uncertainty_scale")
-    for key in numbers:
+    """Refuse values of the wrong type or range, naming the key (a str where a number belongs, ...)."""
+    for key, expected in KEY_TYPES.items():
         value = getattr(metadata, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"key {key} must be a number, got {value!r}")
-    if not isinstance(metadata.elements, list) or not all(isinstance(e, str) for e in metadata.elements):
-        raise ValueError(f"key elements must be a list of element symbols, got {metadata.elements!r}")
+        if not _has_type(value, expected):
+            name = expected if isinstance(expected, str) else f"a {expected.__name__}"
+            raise ValueError(f"key {key} must be {name}, got {value!r}")
     if metadata.dtype not in ("float32", "float64"):
         raise ValueError(f"key dtype must be float32 or float64, got {metadata.dtype!r}")
-    if not metadata.cutoff > 0:
+    if not 0 < metadata.cutoff < float("inf"):
         raise ValueError(f"key cutoff must be positive, got {metadata.cutoff!r}")
+    if metadata.members < 1 or metadata.num_interactions < 1:
+        raise ValueError("keys members and num_interactions must be at least 1")
 
 
 def make_metadata(model: Potential, dtype: torch.dtype, checkpoint_sha256: List[str],

@@ -12,7 +12,7 @@ import torch
 
 from ekd.config import load_config
 from ekd.errors import ModelFileError
-from ekd.export import METADATA_NAME, graph_of, read_metadata, verify, deploy
+from ekd.export import METADATA_NAME, Metadata, graph_of, read_metadata, verify, deploy
 from ekd.export.__main__ import main as export_main
 from ekd.models import load_model
 from ekd.run_directory import open_run
@@ -193,3 +193,16 @@ def test_student_uncertainty_in_the_file_equals_eager(tiny_run: Path, exported: 
         assert torch.allclose(got, expected.detach(), rtol=tolerance, atol=0)
         layered = chain_layers(module, eager.num_interactions, vectors, g.receivers, g.senders, g.species)[2]
         assert torch.allclose(layered, got, rtol=tolerance, atol=0)
+
+
+def test_every_key_of_the_wrong_type_is_refused_or_harmless(exported: dict) -> None:
+    """Each metadata key set to each kind of wrong value: the reader loads the file or raises a
+    ModelFileError naming it, never another exception."""
+    good = json.loads(read_metadata(exported["student_float64"]).to_json())
+    for key in good:
+        for value in ["five", None, [], {}, True, 1e308, -1, [1, "H"], {"a": [1, {"b": None}]}]:
+            text = json.dumps({**good, key: value})
+            try:
+                Metadata.from_json(text, Path("x.pt"))
+            except ModelFileError as err:
+                assert str(err).startswith("x.pt: "), err
