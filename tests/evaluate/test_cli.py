@@ -16,6 +16,7 @@ from ekd.calculator import EKDCalculator
 from ekd.data import read_data
 from ekd.evaluate.__main__ import main as evaluate
 from ekd.evaluate.force_sign import trajectory_pairs
+from ekd.models import read_checkpoint
 from tests.conftest import write_frames
 
 
@@ -141,7 +142,7 @@ def test_gradients_found_by_the_models(tiny_exports: dict, tmp_path: Path, capsy
 
 def test_a_model_predicting_nan_is_reported_and_the_others_still_are(
         tiny_exports: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    state = torch.load(tiny_exports["run"] / "student/checkpoint.pt", map_location="cpu", weights_only=False)
+    state = read_checkpoint(tiny_exports["run"] / "student/checkpoint.pt")
     first = next(iter(state["best_state"]))
     state["best_state"][first] = torch.full_like(state["best_state"][first], float("nan"))
     (tmp_path / "broken").mkdir()
