@@ -26,9 +26,15 @@ class DeployedPotential(nn.Module):
     def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                 species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         vectors = edge_vectors.detach().requires_grad_(True)
-        network = self.model(vectors, receivers, senders, species, n_local).sum(dim=1)
-        local = network[:n_local].sum()
-        edge_grad = _gradient(local, vectors)
+        terms = self.model(vectors, receivers, senders, species, n_local)
+        return self.energies_and_gradient(terms, vectors, species, n_local)
+
+    def energies_and_gradient(self, terms: torch.Tensor, vectors: torch.Tensor, species: torch.Tensor,
+                              n_local: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(energy of the local atoms, atom energies with references in float64, edge_grad) from
+        the network's energy terms of the graph whose edge vectors are `vectors`."""
+        network = terms.sum(dim=1)
+        edge_grad = _gradient(network[:n_local].sum(), vectors)
         atom_energy = network.detach().to(torch.float64) + self.reference[species]
         return atom_energy[:n_local].sum(), atom_energy, edge_grad
 
@@ -90,10 +96,8 @@ class DeployedUncertainty(DeployedPotential):
                                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         vectors = edge_vectors.detach().requires_grad_(True)
         terms, uncertainty = self.model.forward_with_uncertainty(vectors, receivers, senders, species, n_local)
-        network = terms.sum(dim=1)
-        edge_grad = _gradient(network[:n_local].sum(), vectors)
-        atom_energy = network.detach().to(torch.float64) + self.reference[species]
-        return atom_energy[:n_local].sum(), atom_energy, edge_grad, uncertainty[:n_local].detach().to(torch.float64)
+        energy, atom_energy, edge_grad = self.energies_and_gradient(terms, vectors, species, n_local)
+        return energy, atom_energy, edge_grad, uncertainty[:n_local].detach().to(torch.float64)
 
 
 class DeployedLayersUncertainty(DeployedLayers, DeployedUncertainty):

@@ -6,7 +6,7 @@
 
 Energies in eV, forces in eV/Å, stress in eV/Å³ (ASE units). Files with a per-atom
 uncertainty also give `atom_uncertainty` (eV/Å, per atom) in `calc.results`: a student's own
-(its uncertainty head, calibrated at export) or, for an exported ensemble, the deviation of its
+(its uncertainty head, with the scale fitted after training) or, for an exported ensemble, the deviation of its
 members' forces sqrt(mean_k |F_k − mean F|²) — the same number as `forces_std`, which ensembles
 give with `energy_std` (spread of member energies), `member_energies` and `member_forces`.
 Two atoms at the same position (closer than 1e-4 Å) are an error naming both.
