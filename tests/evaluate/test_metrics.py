@@ -149,3 +149,31 @@ def test_roc_auc_is_the_fraction_of_correctly_ordered_pairs() -> None:
     error = rng.random(200)
     assert uncertainty_metrics(error, error)["auc_worst_10pct"] == pytest.approx(1.0)
     assert uncertainty_metrics(-error, error)["auc_worst_10pct"] == pytest.approx(0.0)
+
+
+def test_member_deviation_and_the_fitted_uncertainty_scale() -> None:
+    """The ensemble's per-atom deviation by its definition, and the validation scale s that makes
+    RMS(s·u) equal the RMS true force error on the atoms that have true forces."""
+    from ekd.evaluate.error_metrics import member_force_deviation
+    from ekd.evaluate.metrics_table import fit_uncertainty_scale
+    from ekd.training import Predictions
+
+    rng = np.random.default_rng(3)
+    members = rng.normal(size=(4, 6, 3))
+    expected = [math.sqrt(np.mean([np.sum((m[a] - members[:, a].mean(axis=0)) ** 2) for m in members]))
+                for a in range(6)]
+    assert np.allclose(member_force_deviation(members), expected, rtol=1e-12)
+
+    data = AtomsData(species=np.array([1, 8, 1, 6, 1, 1]), positions=rng.normal(size=(6, 3)),
+                     n_atoms=np.array([3, 3]), energy=np.zeros(2), forces=rng.normal(size=(6, 3)))
+    data.forces[3:] = np.nan  # the second conformation has no true forces
+    predicted = data.forces + rng.normal(scale=0.3, size=(6, 3))
+    uncertainty = rng.uniform(0.1, 1.0, size=6)
+    prediction = Predictions(ids=np.array([0, 1]), energy=np.zeros(2), atom_energy=np.zeros(6),
+                             forces=predicted, uncertainty=uncertainty)
+    scale = fit_uncertainty_scale(prediction, data)
+    error = np.linalg.norm(predicted[:3] - data.forces[:3], axis=1)
+    assert np.sqrt(np.mean((scale * uncertainty[:3]) ** 2)) == pytest.approx(np.sqrt(np.mean(error ** 2)), rel=1e-12)
+    no_forces = Predictions(ids=np.array([1]), energy=np.zeros(1), atom_energy=np.zeros(3), forces=predicted[3:],
+                            uncertainty=uncertainty[3:])
+    assert fit_uncertainty_scale(no_forces, data) is None

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..data import AtomsData
 from ..training import Predictions, errors
-from .error_metrics import uncertainty_metrics
+from .error_metrics import member_force_deviation, uncertainty_metrics
 
 METRIC_KEYS = ("energy_mae", "energy_rmse", "energy_mae_per_atom", "energy_rmse_per_atom",
                "force_mae", "force_rmse")
@@ -37,9 +37,7 @@ def mean_prediction(members: list[Predictions]) -> Predictions:
     """The ensemble mean of members' predictions on the same conformations, with the per-atom
     deviation of their forces sqrt(mean_k |F_k − mean F|²) as its uncertainty."""
     forces = None if members[0].forces is None else np.stack([m.forces for m in members])
-    deviation = None
-    if forces is not None and len(members) > 1:
-        deviation = np.sqrt(np.mean(np.sum((forces - forces.mean(axis=0)) ** 2, axis=-1), axis=0))
+    deviation = member_force_deviation(forces) if forces is not None and len(members) > 1 else None
     return Predictions(
         ids=members[0].ids,
         energy=np.mean([m.energy for m in members], axis=0),

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..data import AtomsData
 from ..errors import EkdError
+from ..export import model_names
 from ..fileio import atomic_write_text
 from .error_metrics import (
     CALIBRATION_BINS,
@@ -38,12 +39,12 @@ from .error_metrics import (
     error_stats,
     force_angles,
     force_cosine,
+    member_force_deviation,
     per_element_force_errors,
     relative_energy_errors,
     relative_to_group_mean,
     uncertainty_metrics,
 )
-from ..export import model_names
 from .force_sign import (
     TRAJECTORY_STEP,
     SignCheck,
@@ -120,8 +121,7 @@ def ensemble_uncertainty(output: ModelOutput, data: AtomsData, settings: Evaluat
     result = {"energy": uncertainty_metrics(energy_spread, output.energy - data.energy, settings.calibration_bins),
               "forces": None}
     if data.forces is not None and data.has_forces.any():
-        deviation = output.member_forces - output.forces[None]
-        force_spread = np.sqrt(np.mean(np.sum(deviation ** 2, axis=-1), axis=0))
+        force_spread = member_force_deviation(output.member_forces)
         force_error = np.linalg.norm(output.forces - data.forces, axis=1)  # NaN where no true forces
         result["forces"] = uncertainty_metrics(force_spread, force_error, settings.calibration_bins)
     return result
