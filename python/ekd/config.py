@@ -120,6 +120,55 @@ class LabelSettings:
 
 
 @dataclass
+class AugmentSettings:
+    """[augment] conformations the reference never computed, labelled by the teachers for the
+    student (the `augment` stage, `ekd.distill.augment`; off while both generators are 0):
+    displaced: copies of every training conformation with Gaussian displacements of `amplitude`
+    Å per Cartesian component; md_starts: trajectories of Langevin MD driven by the ensemble mean,
+    each from a training conformation drawn at random, at each of `md_temperatures` (K), for
+    `md_steps` steps of `md_timestep` fs with friction `md_friction` (1/fs), a frame kept every
+    `md_every` steps; a trajectory ends where an atom's force spread passes `max_spread`.
+    max_spread: eV/Å, conformations with an atom whose teachers' force spread is larger are
+    dropped (the teachers disagree; 0 keeps all); budget: at most this many conformations
+    (0: no limit; drawn at random when there are more); energies: "none" (the student learns the
+    ensemble forces only there) or "ensemble" (also the ensemble-mean energy, as a reference
+    energy)."""
+
+    displaced: int = 0
+    amplitude: float = 0.05
+    md_starts: int = 0
+    md_temperatures: List[float] = field(default_factory=lambda: [500.0])
+    md_steps: int = 400
+    md_timestep: float = 0.5
+    md_friction: float = 0.02
+    md_every: int = 20
+    max_spread: float = 0.0
+    budget: int = 0
+    energies: str = "none"
+
+    @property
+    def enabled(self) -> bool:
+        return self.displaced > 0 or self.md_starts > 0
+
+    def check(self) -> None:
+        for name in ("displaced", "md_starts", "md_steps", "md_every", "budget"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[augment] {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("amplitude", "md_timestep", "md_friction"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[augment] {name} must be positive, got {getattr(self, name)}")
+        if self.max_spread < 0:
+            raise ConfigError(f"[augment] max_spread must be >= 0 (0: keep all), got {self.max_spread}")
+        numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in self.md_temperatures)
+        if not numbers or (self.md_starts and (not self.md_temperatures or min(self.md_temperatures) <= 0)):
+            raise ConfigError(f"[augment] md_temperatures must be positive kelvin, got {self.md_temperatures}")
+        if self.md_starts and not 1 <= self.md_every <= self.md_steps:
+            raise ConfigError(f"[augment] md_every must be in 1..md_steps ({self.md_steps}), got {self.md_every}")
+        if self.energies not in ("none", "ensemble"):
+            raise ConfigError(f"[augment] energies must be 'none' or 'ensemble', got {self.energies!r}")
+
+
+@dataclass
 class RunConfig:
     """A whole EKD run."""
 
@@ -129,6 +178,7 @@ class RunConfig:
     references: ReferenceSettings = field(default_factory=ReferenceSettings)
     teachers: TeachersSettings = field(default_factory=TeachersSettings)
     labels: LabelSettings = field(default_factory=LabelSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
     student: StudentSettings = field(default_factory=StudentSettings)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
     description: str = ""
@@ -181,6 +231,7 @@ class RunConfig:
         if self.student.train.forces_weight <= 0 and self.student.train.atom_energy_weight <= 0:
             raise ConfigError("[student.train] forces_weight and atom_energy_weight are both 0: the student "
                               "would learn nothing from the teachers")
+        self.augment.check()
         teachers.train.check("teachers.train")
         self.student.train.check("student.train")
         for k in range(teachers.count):

@@ -5,6 +5,7 @@
     <out>/references.json      per-element reference energies (eV)
     <out>/teachers/teacher_k/  checkpoint.pt, metrics.jsonl
     <out>/labels.h5            the teachers' labels (see ekd.distill.labels)
+    <out>/augmented.h5         conformations the teachers labelled beyond the data (ekd.distill.augment)
     <out>/student/, baseline/  checkpoint.pt, metrics.jsonl
     <out>/summary.json, summary.md, plots/*.png
 
@@ -56,6 +57,10 @@ class RunLayout:
     @property
     def labels_path(self) -> Path:
         return self.root / "labels.h5"
+
+    @property
+    def augmented_path(self) -> Path:
+        return self.root / "augmented.h5"
 
     @property
     def summary_json(self) -> Path:

@@ -145,6 +145,24 @@ def _label_rows(h5: h5py.File, teachers: List[Potential], graph: GraphData, firs
 def _label_chunk(h5: h5py.File, teachers: List[Potential], graph: GraphData, ids: np.ndarray, row: int,
                  a0: int, a1: int) -> None:
     """Labels of conformations `ids` of `graph` into rows row.. and atom rows a0..a1 of `h5`."""
+    labels = ensemble_labels(teachers, graph, ids)
+    rows = slice(row, row + len(ids))
+    for name in CONFORMATION_LABELS:
+        h5[name][rows] = labels[name]
+    for name in ATOM_LABELS:
+        h5[name][a0:a1] = labels[name]
+    for name in MEMBER_LABELS:
+        h5[name][:, a0:a1] = labels[name]
+
+
+CONFORMATION_LABELS = ("energy_members", "energy_mean", "energy_std")
+ATOM_LABELS = ("forces_mean", "forces_std", "atom_energy_mean")
+MEMBER_LABELS = ("forces_members", "atom_energy_members")
+
+
+def ensemble_labels(teachers: List[Potential], graph: GraphData, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Every label of conformations `ids` of `graph` (the datasets of a labels file, by name),
+    refusing non-finite predictions."""
     preds = [predict_all(t, graph, ids, batch_size=len(ids), forces=True) for t in teachers]
     for k, p in enumerate(preds):
         bad = np.flatnonzero(~np.isfinite(p.energy))
@@ -156,15 +174,10 @@ def _label_chunk(h5: h5py.File, teachers: List[Potential], graph: GraphData, ids
     forces = np.stack([p.forces for p in preds], axis=0)                   # (M, a, 3)
     atom_energies = np.stack([p.atom_energy for p in preds], axis=0)       # (M, a)
     mean_forces = forces.mean(axis=0)
-    rows = slice(row, row + len(ids))
-    h5["energy_members"][rows] = energies
-    h5["energy_mean"][rows] = energies.mean(axis=1)
-    h5["energy_std"][rows] = energies.std(axis=1)
-    h5["forces_members"][:, a0:a1] = forces
-    h5["forces_mean"][a0:a1] = mean_forces
-    h5["forces_std"][a0:a1] = np.sqrt(np.mean(np.sum((forces - mean_forces) ** 2, axis=-1), axis=0))
-    h5["atom_energy_members"][:, a0:a1] = atom_energies
-    h5["atom_energy_mean"][a0:a1] = atom_energies.mean(axis=0)
+    return {"energy_members": energies, "energy_mean": energies.mean(axis=1), "energy_std": energies.std(axis=1),
+            "forces_members": forces, "forces_mean": mean_forces,
+            "forces_std": np.sqrt(np.mean(np.sum((forces - mean_forces) ** 2, axis=-1), axis=0)),
+            "atom_energy_members": atom_energies, "atom_energy_mean": atom_energies.mean(axis=0)}
 
 
 # ---- one block per rank, merged by rank 0 (torchrun) ------------------------------------------

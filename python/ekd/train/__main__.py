@@ -37,7 +37,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/default"),
                         help="run directory (default: runs/default)")
     parser.add_argument("--stage", choices=STAGES, default="all",
-                        help="teachers | label | student (student and baseline) | summary | all (default)")
+                        help="teachers | label | augment (conformations beyond the data, when [augment] asks) | "
+                             "student (student and baseline) | summary | all (default)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from its last checkpoint / labels batch")
     parser.add_argument("--teachers-from", type=Path, default=None, metavar="RUN_DIR",

@@ -4,7 +4,9 @@
    only; the teachers differ by seed and optionally by architecture or bootstrap resample.
 2. **Labels.** The teachers label every conformation: forces −dE/dR (each teacher's, their mean
    and spread) and atomic energies. Forces of a model trained on energies are noisy; the mean
-   over an ensemble is a much better estimate than any single member's.
+   over an ensemble is a much better estimate than any single member's. Optionally (`[augment]`)
+   they also label conformations the reference never computed: displaced copies of the training
+   conformations and frames of MD driven by the ensemble, where the teachers agree.
 3. **Student.** A (usually smaller, faster) model learns the reference energies plus the
    ensemble-mean forces, and optionally the ensemble-mean atomic energies. A *baseline* of the
    same architecture learns the energies alone, so every run shows what distillation bought.
@@ -29,7 +31,9 @@ import torch
 
 from ..config import RunConfig, config_to_toml
 from ..data.sharded import balanced_ranges
-from ..distill import read_labels, write_labels
+from ..data import GraphData, concatenate, element_index
+from ..distill import Labels, read_labels, write_labels
+from ..distill.augment import Teachers, make_augmented, read_augmented
 from ..distill.labels import check_labels, interrupted_label_files, merge_label_blocks, write_label_block
 from ..errors import EkdError
 from ..evaluate import fit_uncertainty_scale
@@ -42,7 +46,7 @@ from ..run_layout import BASELINE, STUDENT, RunLayout, teacher_name
 from ..training import TrainConfig, Trainer, predict_all, read_checkpoint
 from ..training.distributed import Context, DistributedTrainer
 
-STAGES = ("teachers", "label", "student", "summary", "all")
+STAGES = ("teachers", "label", "augment", "student", "summary", "all")
 
 
 # ---- 1. teachers ------------------------------------------------------------------------------
@@ -124,6 +128,30 @@ def label_data_in_blocks(run: RunDirectory, resume: bool, dist: Context, paths: 
         say(run, f"labels: wrote {run.labels_path} ({dist.world_size} blocks)")
 
 
+def augment_data(run: RunDirectory, resume: bool, dist: Optional[Context] = None) -> None:
+    """The teachers label conformations beyond the data (`[augment]`; nothing when it is off)."""
+    settings = run.config.augment
+    if not settings.enabled:
+        return
+    refuse_augment_under_torchrun(dist)
+    paths = teacher_checkpoints(run)
+    hashes = [file_sha256(p) for p in paths]
+    if read_augmented(run.augmented_path, hashes, run.fingerprint(), settings, run.config.run.seed) is not None:
+        say(run, f"augment: {run.augmented_path} is complete, keeping it")
+        return
+    teachers = Teachers([load_model(p) for p in paths], run.elements, run.dtype, run.config.run.device,
+                        run.config.labels.batch_size)
+    make_augmented(run.augmented_path, teachers, hashes, run.data, run.fingerprint(), run.split["train"], settings,
+                   run.config.run.seed, resume=resume, progress=run.progress, say=lambda line: say(run, line))
+    say(run, f"augment: wrote {run.augmented_path}")
+
+
+def refuse_augment_under_torchrun(dist: Optional[Context]) -> None:
+    if dist is not None:
+        raise EkdError("[augment] runs in one process only (not yet under torchrun); run the method without "
+                       "torchrun, or set augment.displaced and augment.md_starts to 0")
+
+
 # ---- 3. student and baseline ------------------------------------------------------------------
 
 def train_student(run: RunDirectory, resume: bool, dist: Optional[Context] = None) -> None:
@@ -140,14 +168,18 @@ def train_student(run: RunDirectory, resume: bool, dist: Optional[Context] = Non
         on_main(dist, lambda: check_labels(run.labels_path, hashes, run.fingerprint()))  # type: ignore[arg-type]
         labels = read_labels(run.labels_path, hashes=hashes, part=(
             slice(held.start, held.stop), slice(run.atom_offset(held.start), run.atom_offset(held.stop))))
-    student_atom_references = run.references[run.graph(model.cutoff).species.cpu().numpy()]
-    distilled = run.graph(model.cutoff, atom_labels={
-        "forces": labels.forces_mean,
-        "atom_energy": labels.atom_energy_mean - student_atom_references,
-        "uncertainty": labels.forces_std,
-    })
+    if run.config.augment.enabled:
+        distilled, train_ids = augmented_graph(run, model.cutoff, labels, hashes, dist)
+    else:
+        student_atom_references = run.references[run.graph(model.cutoff).species.cpu().numpy()]
+        distilled = run.graph(model.cutoff, atom_labels={
+            "forces": labels.forces_mean,
+            "atom_energy": labels.atom_energy_mean - student_atom_references,
+            "uncertainty": labels.forces_std,
+        })
+        train_ids = run.split["train"]
     if mine(run, dist, 0):
-        fit(run, model, run.split["train"], settings.train, STUDENT, seed, resume, graph=distilled, dist=dist)
+        fit(run, model, train_ids, settings.train, STUDENT, seed, resume, graph=distilled, dist=dist)
     if run.config.baseline.enabled and mine(run, dist, 1):
         baseline_settings = TrainConfig(**{**settings.train.__dict__, "forces_weight": 0.0,
                                            "atom_energy_weight": 0.0, "uncertainty_weight": 0.0})
@@ -155,6 +187,35 @@ def train_student(run: RunDirectory, resume: bool, dist: Optional[Context] = Non
         fit(run, baseline, run.split["train"], baseline_settings, BASELINE, seed, resume, dist=dist)
     if dist is not None:
         dist.wait_for_all("student")
+
+
+def augmented_graph(run: RunDirectory, cutoff: float, labels: Labels, hashes: List[str],
+                    dist: Optional[Context]) -> tuple[GraphData, np.ndarray]:
+    """The student's training graph with the augmented conformations after the data's, and the
+    training ids (the training split and every augmented conformation; validation stays the
+    data's own). Augmented conformations have no reference energy: NaN, which the loss skips,
+    unless `[augment] energies = "ensemble"` puts the ensemble-mean energy there."""
+    refuse_augment_under_torchrun(dist)
+    augmented = read_augmented(run.augmented_path, hashes, run.fingerprint(), run.config.augment, run.config.run.seed)
+    if augmented is None:
+        raise EkdError(f"{run.augmented_path} is missing or was made by other teachers or [augment] settings; "
+                       "run the 'augment' stage first")
+    extra = augmented.data
+    references = run.references[element_index(extra.species, run.elements, extra.source)]
+    energy = np.full(len(extra), np.nan)
+    if run.config.augment.energies == "ensemble":
+        energy = augmented.labels["energy_mean"] - np.bincount(extra.conformation_of_atom, references, len(extra))
+    combined = concatenate([run.data, extra], f"{run.data.source} + {run.augmented_path.name}")
+    data_references = run.references[element_index(run.data.species, run.elements, run.data.source)]
+    graph = GraphData(combined, run.elements, cutoff, run.dtype, run.config.run.device,
+                      conformation_labels={"energy": np.concatenate([run.residual_energy(), energy])},
+                      atom_labels={
+                          "forces": np.concatenate([labels.forces_mean, augmented.labels["forces_mean"]]),
+                          "atom_energy": np.concatenate([labels.atom_energy_mean - data_references,
+                                                         augmented.labels["atom_energy_mean"] - references]),
+                          "uncertainty": np.concatenate([labels.forces_std, augmented.labels["forces_std"]])})
+    say(run, f"student: {len(extra)} augmented conformations beside the {len(run.split['train'])} training ones")
+    return graph, np.concatenate([run.split["train"], len(run.data) + np.arange(len(extra))])
 
 
 def calibrate_student(run: RunDirectory) -> None:
@@ -292,8 +353,9 @@ def adopt_teachers(source: Path, config: RunConfig, out: Path) -> None:
     if ours.teachers_dir.exists():
         raise EkdError(f"--teachers-from: {out} already has teachers")
     shutil.copytree(theirs.teachers_dir, ours.teachers_dir)
-    if theirs.labels_path.exists():
-        shutil.copy2(theirs.labels_path, ours.labels_path)
+    for path in ("labels_path", "augmented_path"):  # the stages check they belong to this run
+        if getattr(theirs, path).exists():
+            shutil.copy2(getattr(theirs, path), getattr(ours, path))
     print(f"reusing the teachers of {source}", flush=True)
 
 
@@ -311,6 +373,8 @@ def run_stages(config: RunConfig, out: Path, stage: str, resume: bool, progress:
         train_teachers(run, resume, dist)
     if stage in ("label", "all"):
         label_data(run, resume, dist)
+    if stage in ("augment", "all"):
+        augment_data(run, resume, dist)
     if stage in ("student", "all"):
         train_student(run, resume, dist)
     if run.rank != 0:

@@ -1,0 +1,182 @@
+"""The augment stage: teachers label conformations the reference never computed.
+
+Physics: the ensemble-driven MD conserves energy without friction (float64, 0.25 fs) and
+holds its temperature with it. Bookkeeping: copies come from training conformations only,
+selection by spread ends a trajectory at its first disagreeing frame, a killed stage resumes
+from its finished generators, and the student trains on data + augmented conformations.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from ase import units
+from ase.data import atomic_masses
+
+from ekd.config import AugmentSettings, load_config
+from ekd.data import read_data
+from ekd.distill import augment as aug
+from ekd.errors import ConfigError
+from ekd.models import load_model
+from ekd.models.ensemble import Ensemble
+from ekd.train.method import adopt_teachers, run_stages
+from ekd.training import read_checkpoint
+from tests.conftest import write_tiny_config
+
+AUGMENT = """
+[augment]
+displaced = 1
+amplitude = 0.04
+md_starts = 6
+md_steps = 40
+md_every = 10
+md_temperatures = [400]
+max_spread = {max_spread}
+"""
+
+
+def teachers_of(run: Path) -> aug.Teachers:
+    config = load_config(run / "config.toml")
+    models = [load_model(run / f"teachers/teacher_{k}/checkpoint.pt") for k in range(config.teachers.count)]
+    elements = json.loads((run / "references.json").read_text())
+    from ase.data import atomic_numbers
+    return aug.Teachers(models, sorted(atomic_numbers[s] for s in elements), torch.float64, "cpu")
+
+
+def test_displaced_copies_come_from_training_conformations_only(tiny_run: Path) -> None:
+    data = read_data(load_config(tiny_run / "config.toml").data)
+    train = np.array([3, 10, 500])
+    copies, provenance = aug.displaced_copies(data, train, 200, 0.05, np.random.default_rng(0))
+    assert list(np.unique(provenance["source_conformation"])) == [3, 10, 500] and len(copies) == 600
+    assert np.isnan(copies.energy).all() and copies.forces is None
+    moved = copies.positions - data.subset(np.repeat(train, 200)).positions
+    assert abs(moved.std() - 0.05) < 0.003 and abs(moved.mean()) < 0.003
+
+
+def molecules_and_potential(run: Path, count: int = 20):
+    """`count` embedded conformations and the tiny run's ensemble as a molecule potential."""
+    teachers = teachers_of(run)
+    data = read_data(load_config(run / "config.toml").data)
+    start = data.subset(np.linspace(0, len(data) - 1, count).astype(int))
+    return start, aug.molecule_potential(Ensemble(teachers.models).eval(), teachers, start)
+
+
+def test_ensemble_md_conserves_energy_without_friction(tiny_run: Path) -> None:
+    """Velocity Verlet (friction 0) at 0.25 fs for 50 fs: each molecule's energy stays within
+    10 µeV/atom of its start (float64; measured 0.15 µeV/atom); a wrong force sign or unit
+    would break it at once."""
+    start, potential = molecules_and_potential(tiny_run)
+    masses = atomic_masses[start.species][:, None]
+    conformation = start.conformation_of_atom
+    drift = np.zeros(len(start))
+    first = None
+    for _, x, v, alive in aug.langevin(potential, start, 300.0, 0.25, 0.0, 200, 1, np.random.default_rng(0)):
+        assert alive.all()
+        kinetic = np.bincount(conformation, weights=0.5 * np.sum(masses * v * v, axis=1), minlength=len(start))
+        total = potential(x)[0] + kinetic
+        first = total if first is None else first
+        drift = np.maximum(drift, np.abs(total - first))
+    assert np.all(drift / start.n_atoms < 1e-5), drift / start.n_atoms
+
+
+def test_langevin_holds_its_temperature(tiny_run: Path) -> None:
+    start, potential = molecules_and_potential(tiny_run)
+    masses = atomic_masses[start.species][:, None]
+    temperatures = [float(np.sum(masses * v * v)) / (3 * len(v) * units.kB)
+                    for step, _, v, _ in aug.langevin(potential, start, 400.0, 0.5, 0.05, 600, 2,
+                                                      np.random.default_rng(1)) if step > 200]
+    assert abs(np.mean(temperatures) / 400.0 - 1.0) < 0.12, np.mean(temperatures)
+
+
+def synthetic_part(max_spread: list[float], trajectory: list[int], step: list[int]) -> aug.Augmented:
+    n = len(max_spread)
+    data = read_data(load_config(None).data).subset(np.arange(n))  # the embedded data
+    atoms = data.n_total_atoms
+    return aug.Augmented(data, {"source_conformation": np.arange(n), "generator": np.ones(n, int),
+                                "setting": np.full(n, 500.0), "trajectory": np.array(trajectory),
+                                "step": np.array(step), "max_spread": np.array(max_spread)},
+                         {"energy_mean": np.zeros(n), "energy_std": np.zeros(n), "forces_mean": np.zeros((atoms, 3)),
+                          "forces_std": np.zeros(atoms), "atom_energy_mean": np.zeros(atoms)})
+
+
+def test_selection_ends_a_trajectory_at_its_first_disagreeing_frame() -> None:
+    part = synthetic_part([0.1, 0.9, 0.1, 0.1, 0.1, 0.2], trajectory=[0, 0, 0, 1, 1, 1], step=[10, 20, 30, 10, 20, 30])
+    kept, counts = aug._select([part], AugmentSettings(max_spread=0.5), np.random.default_rng(0))
+    assert list(kept.provenance["source_conformation"]) == [0, 3, 4, 5]
+    assert counts == {"generated": 6, "spread": 2, "budget": 0, "kept": 4}
+    assert kept.labels["forces_mean"].shape == (kept.data.n_total_atoms, 3)
+    kept, counts = aug._select([part], AugmentSettings(max_spread=0.5, budget=3), np.random.default_rng(0))
+    assert counts["kept"] == 3 and counts["budget"] == 1 and set(kept.provenance["source_conformation"]) < {0, 3, 4, 5}
+
+
+def augmented_run(tiny_run: Path, folder: Path, max_spread: float = 0.0) -> tuple[Path, object]:
+    """A run with the tiny run's teachers and labels and an [augment] table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = write_tiny_config(folder)
+    config_path.write_text(config_path.read_text() + AUGMENT.format(max_spread=max_spread))
+    config = load_config(config_path)
+    adopt_teachers(tiny_run, config, folder / "run")
+    return folder / "run", config
+
+
+def read_all(path: Path) -> dict:
+    with h5py.File(path) as h5:
+        return {k: h5[k][()] for k in h5}
+
+
+def test_augment_stage_resumes_after_a_kill_and_feeds_the_student(tiny_run: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    whole, config = augmented_run(tiny_run, tmp_path / "a")
+    run_stages(config, whole, "augment", resume=False, progress=False)
+    expected = read_all(whole / "augmented.h5")
+    split = json.loads((whole / "split.json").read_text())
+    assert set(expected["source_conformation"]) <= set(split["train"])
+    assert np.bincount(expected["generator"]).tolist() == [len(split["train"]), int(np.sum(expected["generator"]))]
+    assert set(expected["step"][expected["generator"] == 1]) <= {10, 20, 30, 40}
+
+    killed, config = augmented_run(tiny_run, tmp_path / "b")
+
+    def killed_during_md(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(aug, "ensemble_md", killed_during_md)
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(config, killed, "augment", resume=False, progress=False)
+    monkeypatch.undo()
+    assert not (killed / "augmented.h5").exists() and (killed / "augmented.h5.partial").exists()
+    with pytest.raises(Exception, match="--resume"):
+        run_stages(config, killed, "augment", resume=False, progress=False)
+    run = run_stages(config, killed, "augment", resume=True, progress=False)
+    assert any("kept from an interrupted run" in line for line in run.log)
+    resumed = read_all(killed / "augmented.h5")
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
+    assert not (killed / "augmented.h5.partial").exists()
+
+    run_stages(config, killed, "student", resume=False, progress=False)
+    state = read_checkpoint(killed / "student/checkpoint.pt")
+    assert state["data"]["train_conformations"] == len(split["train"]) + len(expected["n_atoms"])
+    assert read_checkpoint(killed / "baseline/checkpoint.pt")["data"]["train_conformations"] == len(split["train"])
+
+
+def test_a_spread_limit_that_keeps_nothing_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    run, config = augmented_run(tiny_run, tmp_path, max_spread=1e-12)
+    with pytest.raises(ConfigError, match="max_spread"):
+        run_stages(config, run, "augment", resume=False, progress=False)
+
+
+@pytest.mark.parametrize("table, message", [
+    ("displaced = -1", "displaced"), ("amplitude = 0.0", "amplitude"), ('energies = "all"', "energies"),
+    ("md_starts = 2\nmd_steps = 10\nmd_every = 20", "md_every"), ("md_starts = 2\nmd_temperatures = [-5]",
+                                                                  "md_temperatures"),
+    ('md_temperatures = ["hot"]', "md_temperatures")])
+def test_bad_augment_settings_name_the_key(tmp_path: Path, table: str, message: str) -> None:
+    path = write_tiny_config(tmp_path)
+    path.write_text(path.read_text() + "[augment]\n" + table.replace("\\n", "\n") + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
