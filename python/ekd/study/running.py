@@ -29,7 +29,7 @@ def run_task(task: Task, out: Path) -> bool:
     if run_dir.exists():
         command.append("--resume")
     elif task.after is not None:
-        command += ["--teachers-from", str(out / task.after), "--stage", "student"]
+        command += ["--teachers-from", str(out / task.after)]  # its finished teachers and labels are kept
     with open(log, "a") as stream:
         stream.write(f"$ {' '.join(command)}\n")
         stream.flush()
