@@ -8,6 +8,7 @@ from its finished generators, and the student trains on data + augmented conform
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +25,11 @@ from ekd.distill import augment as aug
 from ekd.errors import ConfigError
 from ekd.models import load_model
 from ekd.models.ensemble import Ensemble
-from ekd.train.method import adopt_teachers, run_stages
+from ekd.data import element_index
+from ekd.distill import read_labels
+from ekd.fileio import file_sha256
+from ekd.run_directory import open_run
+from ekd.train.method import adopt_teachers, augmented_graph, run_stages
 from ekd.training import read_checkpoint
 from tests.conftest import write_tiny_config
 
@@ -157,6 +162,20 @@ def test_augment_stage_resumes_after_a_kill_and_feeds_the_student(tiny_run: Path
     for key in expected:
         np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
     assert not (killed / "augmented.h5.partial").exists()
+
+    ensemble_energies = dataclasses.replace(config, augment=dataclasses.replace(config.augment, energies="ensemble"))
+    opened = open_run(killed, config, progress=False)
+    hashes = [file_sha256(p) for p in sorted((killed / "teachers").glob("teacher_*/checkpoint.pt"))]
+    labels = read_labels(killed / "labels.h5")
+    for settings, finite in ((config, False), (ensemble_energies, True)):
+        opened.config = settings
+        graph, train_ids = augmented_graph(opened, 4.0, labels, hashes, None)
+        extra = graph.conformation_targets["energy"][len(opened.data):].numpy()
+        assert len(train_ids) == len(split["train"]) + len(extra) and np.isfinite(extra).all() == finite
+    references = opened.references[element_index(expected["species"], opened.elements, "")]
+    expected_energy = expected["energy_mean"] - np.bincount(np.repeat(np.arange(len(extra)), expected["n_atoms"]),
+                                                            references)
+    np.testing.assert_allclose(extra, expected_energy, rtol=1e-12)
 
     run_stages(config, killed, "student", resume=False, progress=False)
     state = read_checkpoint(killed / "student/checkpoint.pt")

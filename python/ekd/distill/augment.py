@@ -254,8 +254,7 @@ def make_augmented(path: Path, teachers: Teachers, hashes: List[str], data: Atom
     docstring); reuses the finished generator groups of an interrupted run."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
-    identity = {"teacher_sha256": hashes, "data_fingerprint": fingerprint, "seed": seed,
-                "settings": json.dumps(asdict(settings), sort_keys=True)}
+    identity = _identity(hashes, fingerprint, settings, seed)
     parts: List[Augmented] = []
     with _open_partial(partial, identity, resume) as h5:
         for name, generate in _generators(teachers, data, train_ids, settings, seed, progress):
@@ -340,6 +339,14 @@ def _join(parts: List[Augmented]) -> Augmented:
 
 # ---- the file -------------------------------------------------------------------------------------
 
+def _identity(hashes: List[str], fingerprint: str, settings: AugmentSettings, seed: int) -> Dict[str, object]:
+    """What makes the conformations and labels of a file: teachers, data, seed and the
+    generators' settings (not `energies`, which only says how the student uses them)."""
+    generators = {k: v for k, v in asdict(settings).items() if k != "energies"}
+    return {"teacher_sha256": hashes, "data_fingerprint": fingerprint, "seed": seed,
+            "settings": json.dumps(generators, sort_keys=True)}
+
+
 def _open_partial(partial: Path, identity: Dict[str, object], resume: bool) -> h5py.File:
     """The partial file to add groups to: an interrupted run's when it was made by these
     teachers, data, seed and settings (and resume is set), else a new one."""
@@ -420,8 +427,7 @@ def read_augmented(path: Path, hashes: List[str], fingerprint: str, settings: Au
     with h5:
         if h5.attrs.get("format") != AUGMENTED_FORMAT:
             raise DataError(f"{path}: not an ekd augmented-conformations file")
-        identity = {"teacher_sha256": hashes, "data_fingerprint": fingerprint, "seed": seed,
-                    "settings": json.dumps(asdict(settings), sort_keys=True)}
+        identity = _identity(hashes, fingerprint, settings, seed)
         if not all(_same(h5.attrs.get(k), v) for k, v in identity.items()):
             return None
         return _read_group(h5["/"], [str(g) for g in h5.attrs["group_names"]])
