@@ -127,7 +127,9 @@ class AugmentSettings:
     Å per Cartesian component; md_starts: trajectories of Langevin MD driven by the ensemble mean,
     each from a training conformation drawn at random, at each of `md_temperatures` (K), for
     `md_steps` steps of `md_timestep` fs with friction `md_friction` (1/fs), a frame kept every
-    `md_every` steps; a trajectory ends where an atom's force spread passes `max_spread`.
+    `md_every` steps; a trajectory ends where an atom's force spread passes `max_spread`;
+    md_model: a model checkpoint (e.g. an earlier run's student) that drives the MD instead of
+    the ensemble mean (the teachers still label the frames; relative to the config file).
     max_spread: eV/Å, conformations with an atom whose teachers' force spread is larger are
     dropped (the teachers disagree; 0 keeps all); budget: at most this many conformations
     (0: no limit; drawn at random when there are more); energies: "none" (the student learns the
@@ -142,6 +144,7 @@ class AugmentSettings:
     md_timestep: float = 0.5
     md_friction: float = 0.02
     md_every: int = 20
+    md_model: str = ""
     max_spread: float = 0.0
     budget: int = 0
     energies: str = "none"
@@ -164,6 +167,8 @@ class AugmentSettings:
             raise ConfigError(f"[augment] md_temperatures must be positive kelvin, got {self.md_temperatures}")
         if self.md_starts and not 1 <= self.md_every <= self.md_steps:
             raise ConfigError(f"[augment] md_every must be in 1..md_steps ({self.md_steps}), got {self.md_every}")
+        if self.md_model and not Path(self.md_model).is_file():
+            raise ConfigError(f"[augment] md_model: no such file {self.md_model}")
         if self.energies not in ("none", "ensemble"):
             raise ConfigError(f"[augment] energies must be 'none' or 'ensemble', got {self.energies!r}")
 
@@ -317,6 +322,10 @@ def load_config(path: Optional[Path]) -> RunConfig:
         data["path"] = str(EMBEDDED_DATA)
     elif isinstance(data, dict) and "path" in data and not Path(data["path"]).is_absolute():
         data["path"] = str((path.parent / data["path"]).resolve())
+    augment = raw.get("augment", {})
+    if isinstance(augment, dict) and isinstance(augment.get("md_model"), str) and augment["md_model"] \
+            and not Path(augment["md_model"]).is_absolute():
+        augment["md_model"] = str((path.parent / augment["md_model"]).resolve())
     return config_from_dict(raw, str(path))
 
 

@@ -148,7 +148,7 @@ def test_augment_stage_resumes_after_a_kill_and_feeds_the_student(tiny_run: Path
 
     def killed_during_md(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(aug, "ensemble_md", killed_during_md)
+    monkeypatch.setattr(aug, "driven_md", killed_during_md)
     with pytest.raises(KeyboardInterrupt):
         run_stages(config, killed, "augment", resume=False, progress=False)
     monkeypatch.undo()
@@ -189,7 +189,21 @@ def test_a_spread_limit_that_keeps_nothing_is_refused(tiny_run: Path, tmp_path: 
         run_stages(config, run, "augment", resume=False, progress=False)
 
 
+def test_md_driven_by_another_model_is_labelled_by_the_teachers(tiny_run: Path) -> None:
+    teachers = teachers_of(tiny_run)
+    settings = AugmentSettings(md_starts=4, md_steps=20, md_every=10, md_model=str(tiny_run / "student/checkpoint.pt"))
+    driver = aug.md_driver(teachers, settings)
+    assert driver.kind == "hipnn" and not isinstance(driver, Ensemble)
+    data = read_data(load_config(tiny_run / "config.toml").data)
+    frames, provenance = aug.driven_md(driver, teachers, data, np.array([0, 300, 600, 900]), 500.0, settings,
+                                       np.random.default_rng(0), False)
+    assert len(frames) == 8 and set(provenance["step"]) == {10, 20}
+    student_only = aug._identity(["x"], "y", settings, 0)
+    assert "md_model_sha256" in student_only["settings"]
+
+
 @pytest.mark.parametrize("table, message", [
+    ('md_model = "no_such_model.pt"', "md_model"),
     ("displaced = -1", "displaced"), ("amplitude = 0.0", "amplitude"), ('energies = "all"', "energies"),
     ("md_starts = 2\nmd_steps = 10\nmd_every = 20", "md_every"), ("md_starts = 2\nmd_temperatures = [-5]",
                                                                   "md_temperatures"),

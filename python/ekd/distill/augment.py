@@ -6,8 +6,9 @@ test conformations never leak into training):
 
 - **displaced**: copies of every training conformation with independent Gaussian displacements
   of `amplitude` Å per Cartesian component;
-- **md**: Langevin dynamics driven by the ensemble-mean forces (BAOAB), many molecules at once
-  as one disjoint graph, a frame kept every `md_every` steps. A trajectory ends at the first
+- **md**: Langevin dynamics driven by the ensemble-mean forces (BAOAB) — or by another model,
+  `md_model`, e.g. an earlier run's student, to label where *that* model goes — many molecules
+  at once as one disjoint graph, a frame kept every `md_every` steps. A trajectory ends at the first
   kept frame where the teachers disagree beyond `max_spread`: beyond it the dynamics would
   follow forces nobody trusts.
 
@@ -52,8 +53,9 @@ from ase.data import atomic_masses
 
 from ..config import AugmentSettings
 from ..data import AtomsData, Batch, GraphData, concatenate, element_index
-from ..errors import ConfigError, DataError
-from ..models import Potential, predict
+from ..errors import ConfigError, DataError, EkdError
+from ..fileio import file_sha256
+from ..models import Potential, load_model, predict
 from ..models.ensemble import Ensemble
 from ..training.progress import Progress
 from .labels import ensemble_labels
@@ -117,16 +119,30 @@ def displaced_copies(data: AtomsData, train_ids: np.ndarray, copies: int, amplit
                                      "trajectory": np.full(len(sources), -1), "step": np.zeros(len(sources), np.int64)}
 
 
-def ensemble_md(ensemble: Potential, teachers: Teachers, data: AtomsData, starts: np.ndarray, temperature: float,
+def md_driver(teachers: Teachers, settings: AugmentSettings) -> Potential:
+    """The model whose forces drive the MD: the ensemble mean, or the model of `md_model`."""
+    if not settings.md_model:
+        return Ensemble(teachers.models).eval()
+    try:
+        driver = load_model(Path(settings.md_model))
+    except EkdError as err:
+        raise ConfigError(f"[augment] md_model: {err}") from None
+    if list(driver.elements) != list(teachers.elements):
+        raise ConfigError(f"[augment] md_model {settings.md_model} knows elements {driver.elements}, the teachers "
+                          f"{teachers.elements}")
+    return driver.to(teachers.dtype).eval()
+
+
+def driven_md(driver: Potential, teachers: Teachers, data: AtomsData, starts: np.ndarray, temperature: float,
                 settings: AugmentSettings, rng: np.random.Generator,
                 progress: bool) -> tuple[AtomsData, Dict[str, np.ndarray]]:
-    """Langevin MD of conformations `starts` of `data` at once under the ensemble-mean forces;
+    """Langevin MD of conformations `starts` of `data` at once under the forces of `driver`;
     the frames every `md_every` steps of trajectories still finite."""
     start = data.subset(starts)
     if start.is_periodic:
         raise ConfigError("[augment] md_starts: ensemble MD runs molecules and clusters only; this data set is "
                           "periodic (use displaced copies)")
-    potential = molecule_potential(ensemble, teachers, start)
+    potential = molecule_potential(driver, teachers, start)
     frames, positions, steps = [], [], []
     bar = Progress(settings.md_steps, f"ensemble MD {temperature:g} K", unit="step", enabled=progress)
     for step, x, _, alive in langevin(potential, start, temperature, settings.md_timestep, settings.md_friction,
@@ -291,12 +307,12 @@ def _generators(teachers: Teachers, data: AtomsData, train_ids: np.ndarray, sett
         yield "displaced", lambda: displaced_copies(data, train_ids, settings.displaced, settings.amplitude,
                                                     np.random.default_rng([seed, 1]))
     if settings.md_starts:
-        ensemble = Ensemble(teachers.models).eval()
+        driver = md_driver(teachers, settings)
         for k, temperature in enumerate(settings.md_temperatures):
             def generate(temperature: float = float(temperature), k: int = k):
                 rng = np.random.default_rng([seed, 2, k])
                 starts = np.sort(rng.choice(train_ids, size=settings.md_starts, replace=settings.md_starts > len(train_ids)))
-                return ensemble_md(ensemble, teachers, data, starts, temperature, settings, rng, progress)
+                return driven_md(driver, teachers, data, starts, temperature, settings, rng, progress)
             yield f"md_{temperature:g}K", generate
 
 
@@ -343,6 +359,8 @@ def _identity(hashes: List[str], fingerprint: str, settings: AugmentSettings, se
     """What makes the conformations and labels of a file: teachers, data, seed and the
     generators' settings (not `energies`, which only says how the student uses them)."""
     generators = {k: v for k, v in asdict(settings).items() if k != "energies"}
+    if settings.md_model and Path(settings.md_model).exists():
+        generators["md_model_sha256"] = file_sha256(Path(settings.md_model))
     return {"teacher_sha256": hashes, "data_fingerprint": fingerprint, "seed": seed,
             "settings": json.dumps(generators, sort_keys=True)}
 
