@@ -246,7 +246,7 @@ def _frames(start: AtomsData, starts: np.ndarray, frames: List[np.ndarray], posi
     if not parts:
         parts, trajectories, frame_steps = [start.subset(np.zeros(0, np.int64))], [np.zeros(0, np.int64)], \
             [np.zeros(0, np.int64)]
-    data = concatenate(parts, f"ensemble MD at {temperature:g} K")
+    data = concatenate(parts, f"MD at {temperature:g} K")
     data.group, data.group_names = np.concatenate([p.group for p in parts]), start.group_names
     trajectory, step = np.concatenate(trajectories), np.concatenate(frame_steps)
     order = np.lexsort((step, trajectory))
