@@ -22,14 +22,14 @@ from ase.data import atomic_masses
 from ekd.config import AugmentSettings, load_config
 from ekd.data import read_data
 from ekd.distill import augment as aug
-from ekd.errors import ConfigError
+from ekd.errors import ConfigError, DataError, EkdError
 from ekd.models import load_model
 from ekd.models.ensemble import Ensemble
 from ekd.data import element_index
 from ekd.distill import read_labels
 from ekd.fileio import file_sha256
 from ekd.run_directory import open_run
-from ekd.train.method import adopt_teachers, augmented_graph, run_stages
+from ekd.train.method import adopt_teachers, augmented_graph, refuse_augment_under_torchrun, run_stages
 from ekd.training import read_checkpoint
 from tests.conftest import write_tiny_config
 
@@ -213,3 +213,36 @@ def test_bad_augment_settings_name_the_key(tmp_path: Path, table: str, message: 
     path.write_text(path.read_text() + "[augment]\n" + table.replace("\\n", "\n") + "\n")
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_a_driver_that_knows_other_elements_is_refused(tiny_run: Path) -> None:
+    teachers = teachers_of(tiny_run)
+    teachers.elements = teachers.elements[:2]
+    settings = AugmentSettings(md_starts=1, md_model=str(tiny_run / "student/checkpoint.pt"))
+    with pytest.raises(ConfigError, match="md_model .* knows elements"):
+        aug.md_driver(teachers, settings)
+
+
+def test_md_of_a_periodic_data_set_is_refused(tiny_run: Path) -> None:
+    data = read_data(load_config(tiny_run / "config.toml").data).subset(np.arange(2))
+    data.cell, data.pbc = np.tile(np.eye(3) * 10.0, (2, 1, 1)), np.ones((2, 3), bool)
+    teachers = teachers_of(tiny_run)
+    with pytest.raises(ConfigError, match="periodic"):
+        aug.driven_md(aug.md_driver(teachers, AugmentSettings()), teachers, data, np.arange(2), 300.0,
+                      AugmentSettings(md_starts=2), np.random.default_rng(0), False)
+
+
+def test_a_file_that_is_not_augmented_conformations_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "augmented.h5"
+    with h5py.File(path, "w") as h5:
+        h5.attrs["format"] = "something else"
+    with pytest.raises(DataError, match="not an ekd augmented-conformations file"):
+        aug.read_augmented(path, [], "", AugmentSettings(), 0)
+    path.write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match="not a readable HDF5 file"):
+        aug.read_augmented(path, [], "", AugmentSettings(), 0)
+
+
+def test_augment_under_torchrun_is_refused() -> None:
+    with pytest.raises(EkdError, match="one process only"):
+        refuse_augment_under_torchrun(object())  # any context: torchrun started several processes

@@ -154,7 +154,7 @@ def test_roc_auc_is_the_fraction_of_correctly_ordered_pairs() -> None:
 def test_member_deviation_and_the_fitted_uncertainty_scale() -> None:
     """The ensemble's per-atom deviation by its definition, and the validation scale s that makes
     RMS(s·u) equal the RMS true force error on the atoms that have true forces."""
-    from ekd.evaluate.error_metrics import member_force_deviation
+    from ekd.distill.labels import member_force_deviation
     from ekd.evaluate.metrics_table import fit_uncertainty_scale
     from ekd.training import Predictions
 

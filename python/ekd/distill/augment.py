@@ -134,17 +134,17 @@ def md_driver(teachers: Teachers, settings: AugmentSettings) -> Potential:
 
 
 def driven_md(driver: Potential, teachers: Teachers, data: AtomsData, starts: np.ndarray, temperature: float,
-                settings: AugmentSettings, rng: np.random.Generator,
-                progress: bool) -> tuple[AtomsData, Dict[str, np.ndarray]]:
+              settings: AugmentSettings, rng: np.random.Generator,
+              progress: bool) -> tuple[AtomsData, Dict[str, np.ndarray]]:
     """Langevin MD of conformations `starts` of `data` at once under the forces of `driver`;
     the frames every `md_every` steps of trajectories still finite."""
     start = data.subset(starts)
     if start.is_periodic:
-        raise ConfigError("[augment] md_starts: ensemble MD runs molecules and clusters only; this data set is "
+        raise ConfigError("[augment] md_starts: the MD runs molecules and clusters only; this data set is "
                           "periodic (use displaced copies)")
     potential = molecule_potential(driver, teachers, start)
     frames, positions, steps = [], [], []
-    bar = Progress(settings.md_steps, f"ensemble MD {temperature:g} K", unit="step", enabled=progress)
+    bar = Progress(settings.md_steps, f"MD {temperature:g} K", unit="step", enabled=progress)
     for step, x, _, alive in langevin(potential, start, temperature, settings.md_timestep, settings.md_friction,
                                       settings.md_steps, settings.md_every, rng):
         frames.append(np.flatnonzero(alive))

@@ -173,11 +173,16 @@ def ensemble_labels(teachers: List[Potential], graph: GraphData, ids: np.ndarray
     energies = np.stack([p.energy for p in preds], axis=1)                 # (B, M)
     forces = np.stack([p.forces for p in preds], axis=0)                   # (M, a, 3)
     atom_energies = np.stack([p.atom_energy for p in preds], axis=0)       # (M, a)
-    mean_forces = forces.mean(axis=0)
     return {"energy_members": energies, "energy_mean": energies.mean(axis=1), "energy_std": energies.std(axis=1),
-            "forces_members": forces, "forces_mean": mean_forces,
-            "forces_std": np.sqrt(np.mean(np.sum((forces - mean_forces) ** 2, axis=-1), axis=0)),
+            "forces_members": forces, "forces_mean": forces.mean(axis=0), "forces_std": member_force_deviation(forces),
             "atom_energy_members": atom_energies, "atom_energy_mean": atom_energies.mean(axis=0)}
+
+
+def member_force_deviation(member_forces: np.ndarray) -> np.ndarray:
+    """Per-atom deviation sqrt(mean_k |F_k − mean F|²) of (M, A, 3) member forces: an ensemble's
+    force uncertainty (`forces_std` of a labels file), as the ASE calculator and the pair style give it."""
+    deviation = member_forces - member_forces.mean(axis=0)
+    return np.sqrt(np.mean(np.sum(deviation ** 2, axis=-1), axis=0))
 
 
 # ---- one block per rank, merged by rank 0 (torchrun) ------------------------------------------

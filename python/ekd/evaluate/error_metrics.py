@@ -129,13 +129,6 @@ def calibration_bins(spread: np.ndarray, error: np.ndarray, n_bins: int = CALIBR
     return bins
 
 
-def member_force_deviation(member_forces: np.ndarray) -> np.ndarray:
-    """Per-atom deviation sqrt(mean_k |F_k − mean F|²) of (M, A, 3) member forces: an ensemble's
-    force uncertainty, as the ASE calculator and the pair style give it."""
-    deviation = member_forces - member_forces.mean(axis=0)
-    return np.sqrt(np.mean(np.sum(deviation ** 2, axis=-1), axis=0))
-
-
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> Optional[float]:
     """Area under the ROC curve of `score` for telling `positive` entries from the others: the
     probability that a random positive scores above a random negative (ties count half), from

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..data import AtomsData
 from ..training import Predictions, errors
-from .error_metrics import member_force_deviation, uncertainty_metrics
+from ..distill.labels import member_force_deviation
+from .error_metrics import uncertainty_metrics
 
 METRIC_KEYS = ("energy_mae", "energy_rmse", "energy_mae_per_atom", "energy_rmse_per_atom",
                "force_mae", "force_rmse")

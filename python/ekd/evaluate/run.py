@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..data import AtomsData
+from ..distill.labels import member_force_deviation
 from ..errors import EkdError
 from ..export import model_names
 from ..fileio import atomic_write_text
@@ -39,7 +40,6 @@ from .error_metrics import (
     error_stats,
     force_angles,
     force_cosine,
-    member_force_deviation,
     per_element_force_errors,
     relative_energy_errors,
     relative_to_group_mean,
