@@ -61,6 +61,8 @@ class TeachersSettings:
     """[teachers] count: ensemble size; kind / model: architecture of every teacher;
     members: optional per-teacher overrides [{kind, model, seed}], one per teacher;
     bootstrap: train each teacher on a bootstrap resample of the training split;
+    init_from: a run directory whose teachers' weights start these (same elements and
+    architectures; active learning continues each round's teachers this way; "" = fresh);
     train: [teachers.train] (energies only: forces_weight and atom_energy_weight must be 0)."""
 
     count: int = 4
@@ -68,6 +70,7 @@ class TeachersSettings:
     model: Dict[str, Any] = field(default_factory=dict)
     members: List[Dict[str, Any]] = field(default_factory=list)
     bootstrap: bool = False
+    init_from: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def member(self, k: int, run_seed: int) -> tuple[str, Dict[str, Any], int]:
@@ -173,6 +176,71 @@ class AugmentSettings:
             raise ConfigError(f"[augment] energies must be 'none' or 'ensemble', got {self.energies!r}")
 
 
+ORACLES = ("ccsd(t)", "gfn2-xtb")  # and "ase:package.module.Class"
+
+
+@dataclass
+class LearnSettings:
+    """[learn] active learning (`python -m ekd.learn`, docs/learn.md); ignored by `ekd.train`.
+    rounds: rounds after round 0 (--rounds overrides). Sampling, with each round's student:
+    Langevin MD at each of `temperatures` (K) of `md_starts` training molecules and of
+    `cluster_starts` clusters of `cluster_size` training molecules (drawn from the groups named in
+    `cluster_molecules`; [] = all) placed `cluster_contact` Å apart at their closest atoms;
+    `md_steps` steps of `md_timestep` fs, friction `md_friction` (1/fs), a frame every `md_every`
+    steps. Selection: frames where an atom's committee force deviation (the teachers',
+    eV/Å) passes `threshold`, and the last frame before a trajectory fails the docs/stability.md
+    criterion; at most `per_trajectory` per trajectory and `budget` per round. Oracle:
+    "ccsd(t)" (PySCF; oracle_options basis, frozen_core, forces, threads), "gfn2-xtb" (tblite)
+    or "ase:package.module.Class" (oracle_options: its keyword arguments); before the first
+    call it recomputes `oracle_check` training conformations, which must agree with the data
+    within `oracle_tolerance` eV (same level of theory and units); `jobs` processes call it."""
+
+    rounds: int = 2
+    temperatures: List[float] = field(default_factory=lambda: [500.0])
+    md_starts: int = 32
+    cluster_starts: int = 0
+    cluster_size: int = 2
+    cluster_molecules: List[str] = field(default_factory=list)
+    cluster_contact: float = 2.2
+    md_steps: int = 2000
+    md_timestep: float = 0.5
+    md_friction: float = 0.01
+    md_every: int = 10
+    threshold: float = 0.1
+    per_trajectory: int = 2
+    budget: int = 100
+    oracle: str = "ccsd(t)"
+    oracle_options: Dict[str, Any] = field(default_factory=dict)
+    oracle_check: int = 3
+    oracle_tolerance: float = 1e-3
+    jobs: int = 1
+
+    def check(self) -> None:
+        for name in ("rounds", "md_starts", "cluster_starts", "md_steps", "md_every", "per_trajectory", "budget",
+                     "oracle_check", "jobs", "cluster_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[learn] {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("md_timestep", "md_friction", "cluster_contact", "oracle_tolerance"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[learn] {name} must be positive, got {getattr(self, name)}")
+        if not self.md_starts and not self.cluster_starts:
+            raise ConfigError("[learn] md_starts and cluster_starts are both 0: no dynamics to learn from")
+        if self.cluster_starts and self.cluster_size < 2:
+            raise ConfigError(f"[learn] cluster_size must be at least 2, got {self.cluster_size}")
+        numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in self.temperatures)
+        if not self.temperatures or not numbers or min(self.temperatures) <= 0:
+            raise ConfigError(f"[learn] temperatures must be positive kelvin, got {self.temperatures}")
+        if not 1 <= self.md_every <= self.md_steps:
+            raise ConfigError(f"[learn] md_every must be in 1..md_steps ({self.md_steps}), got {self.md_every}")
+        if self.threshold <= 0:
+            raise ConfigError(f"[learn] threshold must be a positive force deviation in eV/Å, got {self.threshold}")
+        if self.per_trajectory < 1 or self.budget < 1 or self.jobs < 1:
+            raise ConfigError("[learn] per_trajectory, budget and jobs must be at least 1")
+        if self.oracle not in ORACLES and not (self.oracle.startswith("ase:") and "." in self.oracle):
+            raise ConfigError(f"[learn] oracle {self.oracle!r} is not known; known: {', '.join(ORACLES)} or "
+                              "\"ase:package.module.Class\" (an ASE calculator)")
+
+
 @dataclass
 class RunConfig:
     """A whole EKD run."""
@@ -186,6 +254,7 @@ class RunConfig:
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     student: StudentSettings = field(default_factory=StudentSettings)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
+    learn: LearnSettings = field(default_factory=LearnSettings)
     description: str = ""
 
     def check(self) -> "RunConfig":
@@ -237,6 +306,9 @@ class RunConfig:
             raise ConfigError("[student.train] forces_weight and atom_energy_weight are both 0: the student "
                               "would learn nothing from the teachers")
         self.augment.check()
+        self.learn.check()
+        if not all(isinstance(p, str) for p in self.data.additions):
+            raise ConfigError(f"[data] additions must be a list of file paths, got {self.data.additions!r}")
         teachers.train.check("teachers.train")
         self.student.train.check("student.train")
         for k in range(teachers.count):
@@ -322,11 +394,23 @@ def load_config(path: Optional[Path]) -> RunConfig:
         data["path"] = str(EMBEDDED_DATA)
     elif isinstance(data, dict) and "path" in data and not Path(data["path"]).is_absolute():
         data["path"] = str((path.parent / data["path"]).resolve())
+    if isinstance(data, dict) and isinstance(data.get("additions"), list):
+        data["additions"] = [_beside(path, p) for p in data["additions"]]
+    teachers = raw.get("teachers", {})
+    if isinstance(teachers, dict) and isinstance(teachers.get("init_from"), str) and teachers["init_from"]:
+        teachers["init_from"] = _beside(path, teachers["init_from"])
     augment = raw.get("augment", {})
     if isinstance(augment, dict) and isinstance(augment.get("md_model"), str) and augment["md_model"] \
             and not Path(augment["md_model"]).is_absolute():
         augment["md_model"] = str((path.parent / augment["md_model"]).resolve())
     return config_from_dict(raw, str(path))
+
+
+def _beside(config_path: Path, value: object) -> object:
+    """A path of the config, relative to the config file's folder (other values unchanged)."""
+    if not isinstance(value, str) or Path(value).is_absolute():
+        return value
+    return str((config_path.parent / value).resolve())
 
 
 def config_to_toml(config: RunConfig) -> str:
@@ -368,4 +452,4 @@ def _toml_tables(tree: Dict[str, Any], prefix: str = "") -> str:
 
 def _is_table(key: str, prefix: str) -> bool:
     """Dataclass sub-tables become [tables]; free-form dicts (model, values) stay inline."""
-    return not (key in ("model", "values") or (prefix.endswith("model")))
+    return not (key in ("model", "values", "oracle_options") or (prefix.endswith("model")))

@@ -123,6 +123,9 @@ def _open_sharded(layout: RunLayout, config: RunConfig, progress: bool, write: b
     """The run with only this rank's conformations in memory; split and references come from
     the file's index (sizes and energies), so they are those of a whole-file read."""
     rank, world_size = shard
+    if config.data.additions:
+        raise ConfigError("[data] additions cannot be read in shards yet; run without torchrun, or with "
+                          "[run] parallel = \"teachers\"")
     source = HDF5Source(config.data, report)
     log = [source.describe()]
     if report.skipped_nan_energy:

@@ -155,16 +155,19 @@ class AtomsData:
 
 
 def concatenate(parts: list[AtomsData], source: str) -> AtomsData:
-    """Join data sets (e.g. the groups of an HDF5 file) into one."""
+    """Join data sets (e.g. the groups of an HDF5 file) into one; groups of the same name merge."""
     if not parts:
         raise DataError(f"{source}: no conformations found")
     with_forces = any(p.forces is not None for p in parts)
     periodic = any(p.cell is not None for p in parts)
-    names: list[str] = []
+    names: list[str] = []   # one group per name: the same molecule in two parts stays one group
     groups = []
     for p in parts:
-        groups.append(p.group + len(names))
-        names.extend(p.group_names)
+        for name in p.group_names:
+            if name not in names:
+                names.append(name)
+        where = np.array([names.index(name) for name in p.group_names], dtype=np.int64)
+        groups.append(where[p.group] if len(where) else p.group)
 
     def forces_of(p: AtomsData) -> np.ndarray:
         return p.forces if p.forces is not None else np.full((p.n_total_atoms, 3), np.nan)

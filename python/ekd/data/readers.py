@@ -14,7 +14,7 @@ Supported layouts (`format`):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -40,6 +40,9 @@ class DataSpec:
                   file's `e_unit` or kcal/mol); see `ekd.data.units`.
     length_unit:  unit of the file's positions ("" = Angstrom).
     forces_sign:  +1 when the file stores forces (-dE/dR), -1 when it stores gradients.
+    additions:    further files in ekd's additions layout (conformations an oracle labelled for
+                  `python -m ekd.learn`, see `ekd.learn.additions`), appended after `path`'s
+                  conformations in the order given.
     """
 
     path: str
@@ -49,6 +52,11 @@ class DataSpec:
     energy_unit: str = ""
     length_unit: str = ""
     forces_sign: float = 1.0
+    additions: list[str] = field(default_factory=list)
+
+
+# How every additions file is read: the ANI-1x layout in eV and eV/Å (ekd.learn.additions writes it).
+ADDITIONS_KEYS = {"format": "ani", "energy_key": "energy", "forces_key": "forces", "energy_unit": "eV"}
 
 
 @dataclass
@@ -71,6 +79,9 @@ def read_data(spec: DataSpec, report: ReadReport | None = None) -> AtomsData:
     if fmt not in readers:
         raise DataError(f"{path}: unknown data format {spec.format!r}; known: {', '.join(FORMATS)}")
     data = readers[fmt](path, spec, report)
+    if spec.additions:
+        extra = [read_data(DataSpec(path=str(p), **ADDITIONS_KEYS), report) for p in spec.additions]
+        data = concatenate([data, *extra], f"{path} + {len(extra)} additions file(s)")
     return data.validate()
 
 

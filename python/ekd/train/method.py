@@ -62,6 +62,8 @@ def train_teachers(run: RunDirectory, resume: bool, dist: Optional[Context] = No
         if settings.bootstrap:
             train_ids = np.sort(np.random.default_rng(seed).choice(train_ids, size=len(train_ids)))
         model = new_model(run, kind, hyperparameters, seed)
+        if settings.init_from:
+            start_from(model, RunLayout(Path(settings.init_from)).checkpoint(teacher_name(k)), teacher_name(k))
         fit(run, model, train_ids, settings.train, teacher_name(k), seed, resume, dist=dist)
     if dist is not None:
         dist.wait_for_all("teachers")
@@ -256,6 +258,27 @@ def new_model(run: RunDirectory, kind: str, hyperparameters: dict, seed: int) ->
     model = build_model(kind, run.elements, hyperparameters)
     model.reference_energies = [float(v) for v in run.references]
     return model.to(run.dtype).to(run.config.run.device)
+
+
+def start_from(model: Potential, checkpoint: Path, name: str) -> None:
+    """Start `model` from the best weights of another run's finished checkpoint (`[teachers]
+    init_from`): same kind, hyperparameters and elements; the run's reference energies stay."""
+    state = read_checkpoint(checkpoint)
+    if not state.get("finished"):
+        raise EkdError(f"[teachers] init_from: {checkpoint} is not a finished checkpoint of {name}")
+    previous = model_from_checkpoint(state)
+    if previous.kind != model.kind or list(previous.elements) != list(model.elements):
+        raise EkdError(f"[teachers] init_from: {checkpoint} is a {previous.kind} model of elements "
+                       f"{list(previous.elements)}; {name} here is a {model.kind} model of {list(model.elements)}")
+    try:
+        model.load_state_dict({k: v.to(model_dtype(model)) for k, v in previous.state_dict().items()})
+    except RuntimeError as err:
+        raise EkdError(f"[teachers] init_from: {checkpoint} has other hyperparameters than {name} here "
+                       f"({str(err).splitlines()[0]})") from None
+
+
+def model_dtype(model: Potential) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
 def fit(run: RunDirectory, model: Potential, train_ids: np.ndarray, settings: TrainConfig, name: str,

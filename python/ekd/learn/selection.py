@@ -1,0 +1,65 @@
+"""Which of the student's MD frames go to the oracle.
+
+Two reasons to pick a frame: the teachers disagree on it (an atom's committee force deviation
+above `threshold`: the dynamics left what the teachers knew), or it is the last kept frame
+before its trajectory failed the stability criterion (the student went wrong just after it).
+Per trajectory at most `per_trajectory` frames — the frame before the failure first, then the
+most disagreed-on frames at least `md_every` × 5 steps apart (so that two picks are not
+near-copies); then at most `budget` over the round, frames before a failure first, then by
+deviation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+
+from ..config import LearnSettings
+from ..errors import EkdError
+from .sampling import Trajectories
+
+BEFORE_FAILURE, DISAGREEMENT = 0, 1
+REASONS = ("before_failure", "disagreement")
+MIN_GAP_FRAMES = 5
+
+
+@dataclass
+class Selection:
+    """Frames chosen for the oracle (indices into the trajectories' frames) and why."""
+
+    frames: np.ndarray
+    reason: np.ndarray
+    over_threshold: int    # frames whose deviation passed the threshold (before the caps)
+    before_failure: int    # failed trajectories with a frame before the failure
+
+
+def select_frames(trajectories: Trajectories, deviation: np.ndarray, settings: LearnSettings) -> Selection:
+    """The round's oracle calls; refuses (naming the keys) when nothing can be selected."""
+    picks: List[tuple[int, int, float]] = []   # (frame, reason, deviation)
+    before = 0
+    for t in range(len(trajectories.failed_step)):
+        rows = np.flatnonzero(trajectories.trajectory == t)
+        chosen: List[int] = []
+        if trajectories.failed_step[t] >= 0 and len(rows):
+            chosen.append(int(rows[-1]))       # frames are in step order: the last kept one
+            picks.append((int(rows[-1]), BEFORE_FAILURE, float(deviation[rows[-1]])))
+            before += 1
+        for row in rows[np.argsort(-deviation[rows], kind="stable")]:
+            if len(chosen) >= settings.per_trajectory or deviation[row] <= settings.threshold:
+                break
+            if all(abs(int(trajectories.step[row]) - int(trajectories.step[c])) >= MIN_GAP_FRAMES * settings.md_every
+                   for c in chosen):
+                chosen.append(int(row))
+                picks.append((int(row), DISAGREEMENT, float(deviation[row])))
+    over = int(np.count_nonzero(deviation > settings.threshold))
+    if not picks:
+        largest = float(deviation.max()) if len(deviation) else float("nan")
+        raise EkdError(f"[learn] nothing to select: no trajectory failed and no frame's committee deviation passes "
+                       f"threshold = {settings.threshold:g} eV/Å (the largest is {largest:.3g} eV/Å); lower the "
+                       "threshold, or the student's dynamics already stay where the teachers agree")
+    order = sorted(range(len(picks)), key=lambda k: (picks[k][1], -picks[k][2]))[: settings.budget]
+    order.sort(key=lambda k: picks[k][0])
+    return Selection(np.array([picks[k][0] for k in order], dtype=np.int64),
+                     np.array([picks[k][1] for k in order], dtype=np.int64), over, before)

@@ -1,0 +1,267 @@
+"""Active learning (`python -m ekd.learn`) end to end on a small real loop: GFN2-xTB data the test
+computes (water, methane, ammonia), tiny models, GFN2-xTB as the oracle (milliseconds a call).
+
+One round grows the data; a kill during the oracle stage resumes without recomputing a result;
+the grown round keeps the test split, trains on every addition, and its teachers continue from
+round 0's. Bad configurations are refused with the key at fault. The coupled-cluster oracle is
+checked against the embedded CCSD(T) data it must reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ekd.config import load_config
+from ekd.data import DataSpec, read_data
+from ekd.errors import ConfigError, EkdError
+from ekd.learn.loop import read_sampling, run_learning
+from ekd.learn.oracle import check_agreement, make_oracle
+from ekd.learn.selection import select_frames
+
+tblite = pytest.importorskip("tblite.ase", reason="the GFN2-xTB oracle needs tblite (pip install .[test])")
+
+CONFIG = """
+[data]
+path = "xtb.extxyz"
+[run]
+threads = 1
+[split]
+val_fraction = 0.2
+test_fraction = 0.2
+[teachers]
+count = 2
+model = {{n_features = 12, n_sensitivities = 6, n_interactions = 1, n_atom_layers = 1, cutoff = 4.0, soft_max = 3.5}}
+[teachers.train]
+max_epochs = 15
+batch_size = 16
+[student]
+model = {{n_features = 12, n_sensitivities = 6, n_interactions = 1, n_atom_layers = 1, cutoff = 4.0, soft_max = 3.5}}
+[student.train]
+max_epochs = 15
+batch_size = 16
+[learn]
+rounds = 1
+md_starts = 24
+cluster_starts = 12
+md_steps = 200
+md_every = 5
+threshold = {threshold}
+per_trajectory = 12
+budget = 400
+oracle = "{oracle}"
+oracle_options = {options}
+"""
+
+
+@pytest.fixture(scope="module")
+def xtb_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Displaced water, methane and ammonia with GFN2-xTB energies and forces (eV, eV/Å)."""
+    from ase.build import molecule
+    from ase.io import write
+
+    folder = tmp_path_factory.mktemp("xtb_data")
+    rng = np.random.default_rng(0)
+    frames = []
+    for name in ("H2O", "CH4", "NH3"):
+        for _ in range(30):
+            atoms = molecule(name)
+            atoms.positions += rng.normal(0.0, 0.06, atoms.positions.shape)
+            atoms.calc = tblite.TBLite(method="GFN2-xTB", verbosity=0)
+            atoms.info["energy"] = atoms.get_potential_energy()
+            atoms.arrays["forces"] = atoms.get_forces()
+            atoms.calc = None
+            frames.append(atoms)
+    write(folder / "xtb.extxyz", frames)
+    return folder
+
+
+def write_config(folder: Path, threshold: float = 0.01, oracle: str = "gfn2-xtb", options: str = "{}") -> Path:
+    path = folder / "learn.toml"
+    path.write_text(CONFIG.format(threshold=threshold, oracle=oracle, options=options))
+    return path
+
+
+def learn(config: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ekd.learn", str(config), "--out", str(out), "--quiet", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def kill_during_oracle(process: subprocess.Popen, oracle_dir: Path, timeout: float = 300.0) -> None:
+    """Freeze the run as soon as its first oracle result is on disk, then kill it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if oracle_dir.is_dir() and any(name.endswith(".npz") for name in os.listdir(oracle_dir)):
+            process.send_signal(signal.SIGSTOP)
+            process.kill()
+            process.wait()
+            return
+        time.sleep(0.001)
+    output = process.communicate()[0] if process.poll() is not None else ""
+    pytest.fail(f"the run never reached its oracle stage:\n{output}")
+
+
+@pytest.fixture(scope="module")
+def grown(xtb_data: Path) -> dict:
+    """A one-round loop, killed once during its oracle calls and resumed."""
+    config = write_config(xtb_data)
+    out = xtb_data / "out"
+    oracle_dir = out / "round_1" / "oracle"
+    kill_during_oracle(learn(config, out), oracle_dir)
+    before = {p.name: p.stat().st_mtime_ns for p in oracle_dir.glob("*.npz")}
+    candidates = h5py.File(out / "round_1" / "candidates.h5", "r")["n_atoms"].shape[0]
+    resumed = learn(config, out, "--resume")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    return {"out": out, "config": config, "before": before, "candidates": candidates, "output": output}
+
+
+def test_a_kill_during_the_oracle_stage_resumes_without_recomputing(grown: dict) -> None:
+    oracle_dir = grown["out"] / "round_1" / "oracle"
+    before = grown["before"]
+    assert 0 < len(before) < grown["candidates"], "the kill should land between the first and the last call"
+    after = {p.name: p.stat().st_mtime_ns for p in oracle_dir.glob("*.npz")}
+    assert len(after) == grown["candidates"]
+    assert all(after[name] == stamp for name, stamp in before.items()), "a finished call was computed again"
+    assert f"{len(before)} of {grown['candidates']} results kept from an earlier run" in grown["output"]
+    assert not list(oracle_dir.glob("*.tmp"))
+
+
+def test_one_round_grows_the_data_with_provenance(grown: dict) -> None:
+    out = grown["out"]
+    report = json.loads((out / "learn.json").read_text())["rounds"]
+    assert [row["round"] for row in report] == [0, 1]
+    added = report[1]["oracle"]["added"]
+    assert added > 0 and report[1]["oracle"]["calls"] == grown["candidates"]
+    assert report[1]["conformations"] == report[0]["conformations"] + added
+    assert (out / "learn.md").exists() and (out / "learn.png").stat().st_size > 0
+
+    with h5py.File(out / "round_1" / "additions.h5", "r") as h5:
+        assert h5.attrs["oracle"] == "gfn2-xtb" and h5.attrs["level"] == "GFN2-xTB"
+        assert str(h5.attrs["program"]).startswith("tblite ")
+        names = [h5[g].attrs["name"] for g in h5]
+        assert any(n.startswith("(") or "+" in n for n in names), f"no cluster among the additions: {names}"
+        for g in h5:
+            group = h5[g]
+            assert set(group) >= {"round", "trajectory", "step", "temperature", "committee_deviation", "reason",
+                                  "sources", "candidate", "energy", "forces"}
+            assert (group["round"][()] == 1).all()
+            # the oracle's own numbers: GFN2-xTB again on one addition
+            calculator = tblite.TBLite(method="GFN2-xTB", verbosity=0)
+            from ase import Atoms
+
+            atoms = Atoms(numbers=group["atomic_numbers"][()], positions=group["coordinates"][0])
+            atoms.calc = calculator
+            assert abs(atoms.get_potential_energy() - group["energy"][0]) < 1e-6
+            np.testing.assert_allclose(atoms.get_forces(), group["forces"][0], atol=1e-6)
+
+
+def test_the_grown_round_keeps_the_test_split_and_trains_on_every_addition(grown: dict) -> None:
+    out = grown["out"]
+    first = json.loads((out / "round_0" / "split.json").read_text())
+    second = json.loads((out / "round_1" / "split.json").read_text())
+    n_first = len(read_data(load_config(grown["config"]).data))
+    added = json.loads((out / "learn.json").read_text())["rounds"][1]["oracle"]["added"]
+    assert second["test"] == first["test"] and second["val"] == first["val"]
+    assert second["train"] == first["train"] + list(range(n_first, n_first + added))
+    assert (out / "round_1" / "references.json").read_text() == (out / "round_0" / "references.json").read_text()
+
+
+def test_round_teachers_continue_from_the_previous_round(grown: dict) -> None:
+    import tomllib
+
+    import torch
+
+    from ekd.models import build_model, load_model
+    from ekd.train.method import start_from
+
+    out = grown["out"]
+    saved = tomllib.loads((out / "round_1" / "config.toml").read_text())
+    assert Path(saved["teachers"]["init_from"]) == out / "round_0"
+    assert saved["data"]["additions"] == [str(out / "round_1" / "additions.h5")]
+
+    checkpoint = out / "round_0" / "teachers" / "teacher_0" / "checkpoint.pt"
+    previous = load_model(checkpoint)
+    config = load_config(grown["config"])
+    fresh = build_model("hipnn", list(previous.elements), config.teachers.model).to(torch.float32)
+    start_from(fresh, checkpoint, "teacher_0")
+    for key, value in previous.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0)
+    other = build_model("hipnn", list(previous.elements), {**config.teachers.model, "n_features": 8})
+    with pytest.raises(EkdError, match="other hyperparameters"):
+        start_from(other, checkpoint, "teacher_0")
+
+
+def test_resume_refuses_another_configuration_and_a_second_run_needs_resume(grown: dict, tmp_path: Path) -> None:
+    other = write_config(tmp_path, threshold=0.02)
+    (tmp_path / "xtb.extxyz").symlink_to(grown["config"].parent / "xtb.extxyz")
+    with pytest.raises(ConfigError, match="another configuration"):
+        run_learning(load_config(other), grown["out"], resume=True, progress=False, say=lambda line: None)
+    with pytest.raises(EkdError, match="pass --resume"):
+        run_learning(load_config(grown["config"]), grown["out"], resume=False, progress=False, say=lambda line: None)
+
+
+def test_a_threshold_that_selects_nothing_says_so(grown: dict) -> None:
+    frames, trajectories, deviation, _ = read_sampling(grown["out"] / "round_1" / "sampling.h5")
+    settings = load_config(grown["config"]).learn
+    settings.threshold = float(deviation.max()) + 1.0
+    trajectories.failed_step[:] = -1   # as if every trajectory survived: only the threshold could select
+    with pytest.raises(EkdError, match="threshold"):
+        select_frames(trajectories, deviation, settings)
+
+
+def test_an_oracle_of_another_level_of_theory_is_refused(grown: dict) -> None:
+    data = read_data(load_config(grown["config"]).data)
+    offsets = data.offsets
+    oracle = make_oracle("gfn2-xtb", {"method": "GFN1-xTB"})
+    with pytest.raises(ConfigError, match="another\\s+level of theory"):
+        check_agreement(oracle, "gfn2-xtb", [data.species[offsets[0]:offsets[1]]],
+                        [data.positions[offsets[0]:offsets[1]]], data.energy[:1], ["0 (H2O)"], 1e-3)
+
+
+@pytest.mark.parametrize("oracle, options, message", [
+    ("dft", "{}", "is not known"),
+    ("ase:no_such_package.Calculator", "{}", "not installed"),
+    ("ase:ase.calculators.emt.NoSuchClass", "{}", "has no NoSuchClass"),
+    ("ccsd(t)", "{basis = 'cc-pVDZ', level = 2}", "unknown key"),
+])
+def test_bad_oracles_are_refused_before_any_work(xtb_data: Path, tmp_path: Path, oracle: str, options: str,
+                                                 message: str) -> None:
+    (tmp_path / "xtb.extxyz").symlink_to(xtb_data / "xtb.extxyz")
+    if oracle == "ccsd(t)":
+        pytest.importorskip("pyscf")
+    with pytest.raises(ConfigError, match=message):
+        run_learning(load_config(write_config(tmp_path, oracle=oracle, options=options)), tmp_path / "out",
+                     progress=False, say=lambda line: None)
+    assert not (tmp_path / "out" / "round_0").exists(), "nothing is trained before the oracle is known"
+
+
+def test_cluster_molecules_must_name_groups_of_the_data(grown: dict) -> None:
+    from ekd.learn.sampling import cluster_pool
+
+    data = read_data(load_config(grown["config"]).data)
+    with pytest.raises(ConfigError, match="cluster_molecules: no group 'CH3OH'"):
+        cluster_pool(data, np.arange(len(data)), ["CH3OH"])
+
+
+def test_the_coupled_cluster_oracle_reproduces_the_embedded_data(embedded_data: Path) -> None:
+    pytest.importorskip("pyscf", reason="the CCSD(T) oracle needs PySCF (pip install .[test])")
+    data = read_data(DataSpec(path=str(embedded_data), energy_key="ccsd(t)_dz.energy",
+                              forces_key="ccsd(t)_dz.forces", energy_unit="Hartree"))
+    water = np.flatnonzero(data.n_atoms == 3)[:2]
+    offsets = data.offsets
+    differences = check_agreement(make_oracle("ccsd(t)", {}), "ccsd(t)",
+                                  [data.species[offsets[c]:offsets[c + 1]] for c in water],
+                                  [data.positions[offsets[c]:offsets[c + 1]] for c in water], data.energy[water],
+                                  [str(c) for c in water], tolerance=1e-5)
+    assert max(abs(d) for d in differences) < 1e-5  # eV: the same method, the same units
