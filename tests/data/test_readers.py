@@ -141,3 +141,25 @@ def test_bad_input_messages(tmp_path: Path, case: str, message: str) -> None:
         read_data(spec)
     assert message in str(error.value)
     assert Path(spec.path).name in str(error.value), "the message names the file"
+
+
+def test_additions_follow_the_data_in_order_and_merge_groups_by_name(tmp_path: Path, embedded_data: Path) -> None:
+    from ekd.learn.additions import write_additions
+
+    spec = DataSpec(path=str(embedded_data), energy_key="ccsd(t)_dz.energy", energy_unit="Hartree")
+    data = read_data(spec)
+    water = data.group_names.index("water")
+    rows = np.flatnonzero(data.group == water)[:3]
+    extra = data.subset(rows)
+    extra.positions = extra.positions + 0.01
+    forces = np.full((extra.n_total_atoms, 3), np.nan)
+    write_additions(tmp_path / "additions.h5", extra, np.array([-1.0, -2.0, -3.0]), forces,
+                    {"round": np.ones(3, dtype=np.int64)}, {"round": 1})
+    grown = read_data(DataSpec(**{**spec.__dict__, "additions": [str(tmp_path / "additions.h5")]}))
+    assert len(grown) == len(data) + 3
+    np.testing.assert_array_equal(grown.positions[: data.n_total_atoms], data.positions)   # the data first, unchanged
+    np.testing.assert_allclose(grown.positions[data.n_total_atoms:], extra.positions)
+    np.testing.assert_array_equal(grown.energy[len(data):], [-1.0, -2.0, -3.0])           # eV, not converted again
+    assert grown.group_names == data.group_names and (grown.group[len(data):] == water).all()
+    with pytest.raises(DataError, match="not found"):
+        read_data(DataSpec(**{**spec.__dict__, "additions": [str(tmp_path / "missing.h5")]}))
