@@ -69,14 +69,11 @@ from ase.md import velocitydistribution
 from ase.md.velocitydistribution import Stationary, ZeroRotation
 from ase.neighborlist import natural_cutoffs, neighbor_list
 from ase.optimize import BFGS
-from pyscf import cc, gto, lib, scf
-from pyscf.cc import ccsd_t_lambda
-from pyscf.grad import ccsd_t as ccsd_t_grad
+from pyscf import lib
 from tblite.ase import TBLite
 
-# CODATA 2018.  PySCF converts Angstrom input with its own, older value
-# (0.52917721092); the two differ by 2e-11 relative, far below any tolerance.
-BOHR_IN_ANGSTROM = 0.529177210903
+from ekd.data.units import HARTREE_EV
+from ekd.learn.oracle import CoupledCluster
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -112,12 +109,6 @@ MOLECULES: dict[str, str | Atoms] = {
     "ethanol": "CH3CH2OH",
 }
 DEFAULT_MOLECULES = [name for name in MOLECULES if name != "formamide"]
-
-# Convergence thresholds (Hartree for energies).
-SCF_CONV_TOL = 1e-10
-CC_CONV_TOL = 1e-9
-CC_CONV_TOL_NORMT = 1e-7
-LAMBDA_CONV_TOL = 1e-7
 
 
 # --------------------------------------------------------------------------
@@ -273,47 +264,19 @@ class CCResult:
     seconds_gradient: float
 
 
-def n_core_orbitals(numbers: np.ndarray) -> int:
-    """Number of 1s core orbitals of the first-row atoms (Li to Ne)."""
-    return int(np.count_nonzero((numbers >= 3) & (numbers <= 10)))
-
-
 def ccsd_t(numbers: np.ndarray, positions: np.ndarray, basis: str,
            frozen_core: bool, gradient: bool) -> CCResult:
-    """RHF-CCSD(T) energy and, if asked, the analytic CCSD(T) forces."""
+    """RHF-CCSD(T) energy and, if asked, the analytic CCSD(T) forces (ekd's CCSD(T) oracle,
+    ekd/learn/oracle.py, the one place of the recipe), in Hartree and Hartree/Angstrom."""
+    oracle = CoupledCluster(basis=basis, frozen_core=frozen_core, threads=lib.num_threads())
     start = time.perf_counter()
-    mol = gto.M(atom=[(int(z), tuple(r)) for z, r in zip(numbers, positions)],
-                unit="Angstrom", basis=basis, charge=0, spin=0, verbose=0)
-    mean_field = scf.RHF(mol)
-    mean_field.conv_tol = SCF_CONV_TOL
-    mean_field.kernel()
-    if not mean_field.converged:
-        raise RuntimeError("RHF did not converge")
-
-    frozen = n_core_orbitals(numbers) if frozen_core else 0
-    coupled_cluster = cc.CCSD(mean_field, frozen=frozen or None)
-    coupled_cluster.conv_tol = CC_CONV_TOL
-    coupled_cluster.conv_tol_normt = CC_CONV_TOL_NORMT
-    coupled_cluster.kernel()
-    if not coupled_cluster.converged:
-        raise RuntimeError("CCSD did not converge")
-    eris = coupled_cluster.ao2mo()
-    energy = coupled_cluster.e_tot + coupled_cluster.ccsd_t(eris=eris)
+    solved = oracle.solve(np.asarray(numbers), np.asarray(positions))
     seconds_energy = time.perf_counter() - start
     if not gradient:
-        return CCResult(energy, None, seconds_energy, 0.0)
-
-    # The (T) gradient needs the (T) lambda amplitudes, not the CCSD ones
-    # that Gradients.kernel() would solve for if l1, l2 were omitted.
-    t1, t2 = coupled_cluster.t1, coupled_cluster.t2
-    converged, l1, l2 = ccsd_t_lambda.kernel(coupled_cluster, eris, t1, t2,
-                                             tol=LAMBDA_CONV_TOL, verbose=0)
-    if not converged:
-        raise RuntimeError("CCSD(T) lambda equations did not converge")
-    grad_bohr = ccsd_t_grad.Gradients(coupled_cluster).kernel(t1, t2, l1, l2, eris=eris)
-    forces = -np.asarray(grad_bohr) / BOHR_IN_ANGSTROM
-    seconds_gradient = time.perf_counter() - start - seconds_energy
-    return CCResult(energy, forces, seconds_energy, seconds_gradient)
+        return CCResult(solved.energy / HARTREE_EV, None, seconds_energy, 0.0)
+    forces = oracle.gradient_forces(solved) / HARTREE_EV
+    return CCResult(solved.energy / HARTREE_EV, forces, seconds_energy,
+                    time.perf_counter() - start - seconds_energy)
 
 
 # --------------------------------------------------------------------------

@@ -265,3 +265,18 @@ def test_the_coupled_cluster_oracle_reproduces_the_embedded_data(embedded_data: 
                                   [data.positions[offsets[c]:offsets[c + 1]] for c in water], data.energy[water],
                                   [str(c) for c in water], tolerance=1e-5)
     assert max(abs(d) for d in differences) < 1e-5  # eV: the same method, the same units
+
+
+def test_the_coupled_cluster_oracle_forces_are_minus_the_energy_gradient() -> None:
+    pytest.importorskip("pyscf", reason="the CCSD(T) oracle needs PySCF (pip install .[test])")
+    species = np.array([8, 1, 1])
+    positions = np.array([[0.0, 0.0, 0.12], [0.0, 0.78, -0.47], [0.05, -0.74, -0.50]])  # a distorted water
+    oracle = make_oracle("ccsd(t)", {"forces": True})
+    _, forces = oracle.compute(species, positions)
+    step = 1e-3  # Å; central differences, error O(step²) ~ 1e-6 eV/Å
+    for atom, axis in ((0, 2), (1, 1), (2, 0)):
+        shifted = [positions.copy(), positions.copy()]
+        shifted[0][atom, axis] += step
+        shifted[1][atom, axis] -= step
+        plus, minus = (make_oracle("ccsd(t)", {}).compute(species, x)[0] for x in shifted)
+        assert abs(forces[atom, axis] + (plus - minus) / (2 * step)) < 1e-4  # eV/Å

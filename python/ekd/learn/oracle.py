@@ -92,9 +92,12 @@ class CoupledCluster:
                                   f"{int(z)} ({err})") from None
 
     def compute(self, species: np.ndarray, positions: np.ndarray) -> tuple[float, Optional[np.ndarray]]:
+        solved = self.solve(species, positions)
+        return solved.energy, (self.gradient_forces(solved) if self.forces else None)
+
+    def solve(self, species: np.ndarray, positions: np.ndarray) -> "Solved":
+        """The CCSD(T) energy (eV), keeping what the gradient needs."""
         from pyscf import cc, gto, lib, scf
-        from pyscf.cc import ccsd_t_lambda
-        from pyscf.grad import ccsd_t as ccsd_t_grad
 
         lib.num_threads(self.threads)
         mol = gto.M(atom=[(int(z), tuple(r)) for z, r in zip(species, positions)], unit="Angstrom",
@@ -111,16 +114,30 @@ class CoupledCluster:
         if not coupled.converged:
             raise RuntimeError("CCSD did not converge")
         eris = coupled.ao2mo()
-        energy = (coupled.e_tot + coupled.ccsd_t(eris=eris)) * HARTREE
-        if not self.forces:
-            return energy, None
+        return Solved((coupled.e_tot + coupled.ccsd_t(eris=eris)) * HARTREE, coupled, eris)
+
+    def gradient_forces(self, solved: "Solved") -> np.ndarray:
+        """Analytic CCSD(T) forces (eV/Å) of a solved structure."""
+        from pyscf.cc import ccsd_t_lambda
+        from pyscf.grad import ccsd_t as ccsd_t_grad
+
+        coupled, eris = solved.coupled, solved.eris
         # the (T) gradient needs the (T) lambda amplitudes, not the CCSD ones
         converged, l1, l2 = ccsd_t_lambda.kernel(coupled, eris, coupled.t1, coupled.t2, tol=LAMBDA_CONV_TOL,
                                                  verbose=0)
         if not converged:
             raise RuntimeError("CCSD(T) lambda equations did not converge")
         gradient = ccsd_t_grad.Gradients(coupled).kernel(coupled.t1, coupled.t2, l1, l2, eris=eris)
-        return energy, -np.asarray(gradient) * HARTREE / BOHR
+        return -np.asarray(gradient) * HARTREE / BOHR
+
+
+@dataclass
+class Solved:
+    """A converged CCSD(T) calculation: its energy (eV) and the amplitudes the gradient needs."""
+
+    energy: float
+    coupled: Any
+    eris: Any
 
 
 class AseOracle:
