@@ -187,7 +187,10 @@ class LearnSettings:
     `cluster_starts` clusters of `cluster_size` training molecules (drawn from the groups named in
     `cluster_molecules`; [] = all) placed `cluster_contact` Å apart at their closest atoms;
     `md_steps` steps of `md_timestep` fs, friction `md_friction` (1/fs), a frame every `md_every`
-    steps. Selection: frames where an atom's committee force deviation (the teachers',
+    steps; and `box_starts` LAMMPS runs (pair_style ekd) per temperature of a periodic box of about
+    `box_atoms` atoms of the molecules of `box_molecules` ([] = all groups) at `box_density` g/cm³,
+    where each dumped frame gives a cluster carved around its most disagreed-on atom (its molecule
+    and the closest whole molecules within `carve_radius` Å, `carve_molecules` in all). Selection: frames where an atom's committee force deviation (the teachers',
     eV/Å) passes `threshold`, and the last frame before a trajectory fails the docs/stability.md
     criterion; at most `per_trajectory` per trajectory and `budget` per round. Oracle:
     "ccsd(t)" (PySCF; oracle_options basis, frozen_core, forces, threads), "gfn2-xtb" (tblite)
@@ -202,6 +205,12 @@ class LearnSettings:
     cluster_size: int = 2
     cluster_molecules: List[str] = field(default_factory=list)
     cluster_contact: float = 2.2
+    box_starts: int = 0
+    box_atoms: int = 300
+    box_density: float = 0.9
+    box_molecules: List[str] = field(default_factory=list)
+    carve_radius: float = 3.5
+    carve_molecules: int = 3
     md_steps: int = 2000
     md_timestep: float = 0.5
     md_friction: float = 0.01
@@ -216,15 +225,17 @@ class LearnSettings:
     jobs: int = 1
 
     def check(self) -> None:
-        for name in ("rounds", "md_starts", "cluster_starts", "md_steps", "md_every", "per_trajectory", "budget",
-                     "oracle_check", "jobs", "cluster_size"):
+        for name in ("rounds", "md_starts", "cluster_starts", "box_starts", "md_steps", "md_every", "per_trajectory",
+                     "budget", "oracle_check", "jobs", "cluster_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[learn] {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("md_timestep", "md_friction", "cluster_contact", "oracle_tolerance"):
+        for name in ("md_timestep", "md_friction", "cluster_contact", "oracle_tolerance", "box_atoms", "box_density",
+                     "carve_radius", "carve_molecules"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[learn] {name} must be positive, got {getattr(self, name)}")
         if not self.md_starts and not self.cluster_starts:
-            raise ConfigError("[learn] md_starts and cluster_starts are both 0: no dynamics to learn from")
+            raise ConfigError("[learn] md_starts and cluster_starts are both 0: the molecular MD needs starts "
+                              "(boxes come beside it)")
         if self.cluster_starts and self.cluster_size < 2:
             raise ConfigError(f"[learn] cluster_size must be at least 2, got {self.cluster_size}")
         numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in self.temperatures)

@@ -55,6 +55,9 @@ md_starts = 24
 cluster_starts = 12
 md_steps = 200
 md_every = 5
+box_starts = 1
+box_atoms = 150
+box_density = 0.6
 threshold = {threshold}
 per_trajectory = 12
 budget = 400
@@ -145,6 +148,11 @@ def test_one_round_grows_the_data_with_provenance(grown: dict) -> None:
     assert added > 0 and report[1]["oracle"]["calls"] == grown["candidates"]
     assert report[1]["conformations"] == report[0]["conformations"] + added
     assert (out / "learn.md").exists() and (out / "learn.png").stat().st_size > 0
+    for row in report:  # every round ran the molecules, clusters and a LAMMPS box with student and baseline
+        assert {kind: row["sampling"][kind]["trajectories"] for kind in ("molecule", "cluster", "box")} == \
+            {"molecule": 24, "cluster": 12, "box": 1}
+        assert all(row["sampling"][kind]["baseline_survived"] is not None for kind in ("molecule", "cluster", "box"))
+    assert (out / "round_1" / "boxes" / "student.pt").exists()
 
     with h5py.File(out / "round_1" / "additions.h5", "r") as h5:
         assert h5.attrs["oracle"] == "gfn2-xtb" and h5.attrs["level"] == "GFN2-xTB"
@@ -280,3 +288,43 @@ def test_the_coupled_cluster_oracle_forces_are_minus_the_energy_gradient() -> No
         shifted[1][atom, axis] -= step
         plus, minus = (make_oracle("ccsd(t)", {}).compute(species, x)[0] for x in shifted)
         assert abs(forces[atom, axis] + (plus - minus) / (2 * step)) < 1e-4  # eV/Å
+
+
+def test_carved_clusters_hold_whole_molecules_at_their_nearest_images() -> None:
+    from ase.build import molecule
+
+    from ekd.learn.boxes import carve, molecules_of
+    from ekd.stability.box import BoxSettings, build_box
+    from ekd.stability.trajectories import Molecule
+
+    molecules = [Molecule(name, molecule(name).numbers, molecule(name).positions) for name in ("H2O", "CH4")]
+    box = build_box(molecules, BoxSettings(atoms=300, density=0.6), cutoff=4.0)
+    lengths = np.asarray(box.cell.lengths())
+    owner = molecules_of(box)
+    assert owner.max() + 1 == len(box) // 8 * 2   # every molecule of the box found, none fused
+    # unwrapped coordinates: whole molecules moved by arbitrary lattice vectors, as LAMMPS's xu after crossings
+    rng = np.random.default_rng(1)
+    unwrapped = box.positions + (rng.integers(-2, 3, size=(owner.max() + 1, 3)) * lengths)[owner]
+    radius, most = 3.5, 4
+    atoms, positions = carve(unwrapped, lengths, owner, 0, radius, most)
+    chosen = np.unique(owner[atoms])
+    assert owner[0] in chosen and len(chosen) <= most
+    for m in chosen:                      # whole molecules
+        assert set(np.flatnonzero(owner == m)) <= set(atoms)
+
+    def minimum_image(i: int, j: int) -> float:
+        d = box.positions[j] - box.positions[i]
+        return float(np.linalg.norm(d - lengths * np.round(d / lengths)))
+
+    home = np.flatnonzero(owner == owner[0])
+    for a in np.flatnonzero(np.isin(atoms, home)):  # distances from the central molecule: the box's minimum images
+        for b in range(len(atoms)):
+            assert abs(np.linalg.norm(positions[b] - positions[a]) - minimum_image(atoms[a], atoms[b])) < 1e-9
+    for m in chosen:                      # and every molecule as it is in the box
+        rows = np.flatnonzero(owner[atoms] == m)
+        inside = positions[rows][:, None] - positions[rows][None]
+        original = box.positions[atoms[rows]][:, None] - box.positions[atoms[rows]][None]
+        np.testing.assert_allclose(np.linalg.norm(inside, axis=-1), np.linalg.norm(original, axis=-1), atol=1e-9)
+    for m in chosen:                      # each chosen molecule has an atom within the radius of the central one
+        others = np.flatnonzero(owner == m)
+        assert min(minimum_image(i, j) for i in home for j in others) < radius

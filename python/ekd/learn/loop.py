@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
+import torch
 
 from ..config import RunConfig, config_from_dict, config_to_toml
 from ..data import AtomsData, read_data, save_split
@@ -44,7 +45,8 @@ from .additions import (atoms_arrays, atoms_from_arrays, count_additions, read_a
                         write_arrays)
 from .oracle import check_agreement, make_oracle, run_calls
 from .report import round_report, write_learn_report
-from .sampling import KINDS, Trajectories, committee_deviation, run_dynamics, starting_structures
+from .boxes import run_boxes
+from .sampling import KINDS, Trajectories, committee_deviation, join, run_dynamics, starting_structures
 from .selection import REASONS, select_frames
 
 _FRAME_KEYS = ("trajectory", "step", "temperature", "deviation")
@@ -245,16 +247,49 @@ def sample_round(learning: Learning, k: int, run: RunDirectory) -> Dict[str, Any
         first_train = np.asarray(json.loads((learning.round_dir(0) / "split.json").read_text())["train"])
         starts = starting_structures(run.data, first_train, settings, np.random.default_rng([seed, 11]))
         criterion = FailureCriterion()
+        baseline_path = run.checkpoint(BASELINE)
         student = run_dynamics(load_model(student_path).to(run.dtype), teachers, starts, settings, seed, criterion,
                                learning.progress, f"round {k} student")
         deviation = committee_deviation(teachers, student.frames, learning.progress)
-        baseline_path = run.checkpoint(BASELINE)
         baseline = run_dynamics(load_model(baseline_path).to(run.dtype), teachers, starts, settings, seed, criterion,
                                 learning.progress, f"round {k} baseline") if baseline_path.exists() else None
-        write_sampling(path, student, deviation, baseline, starts.sources, file_sha256(student_path))
+        sources = starts.sources
+        if settings.box_starts:
+            student, deviation, baseline = sample_boxes(learning, k, run, teachers, student, deviation, baseline)
+            sources = np.pad(sources, ((0, len(student.failed_step) - len(sources)), (0, 0)), constant_values=-1)
+        write_sampling(path, student, deviation, baseline, sources, file_sha256(student_path))
     frames, trajectories, deviation, _ = read_sampling(path)
     arrays, _ = read_arrays(path, ["baseline_failed_step"])
     return sampling_summary(trajectories, deviation, arrays["baseline_failed_step"], learning.config.learn.threshold)
+
+
+def sample_boxes(learning: Learning, k: int, run: RunDirectory, teachers: Teachers, student: Trajectories,
+                 deviation: np.ndarray, baseline: Optional[Trajectories]
+                 ) -> tuple[Trajectories, np.ndarray, Optional[Trajectories]]:
+    """The molecular trajectories joined by the periodic boxes run in LAMMPS (`ekd.learn.boxes`)."""
+    folder, settings, seed = learning.round_dir(k) / "boxes", learning.config.learn, learning.config.run.seed
+    criterion = FailureCriterion()
+    original = run.data.subset(np.arange(len(read_data(learning.config.data))))  # not the additions' clusters
+    exported = export_for_lammps(run, STUDENT, folder)
+    boxes, box_deviation = run_boxes(exported, teachers, original, settings, seed, criterion, folder, "student", True)
+    learning.say(f"learn: round {k}: student boxes survived {int((boxes.failed_step < 0).sum())} of "
+                 f"{len(boxes.failed_step)}; {len(boxes.frames)} clusters carved")
+    student, deviation = join(student, boxes), np.concatenate([deviation, box_deviation])
+    if baseline is not None:
+        theirs, _ = run_boxes(export_for_lammps(run, BASELINE, folder), teachers, original, settings, seed, criterion,
+                              folder, "baseline", False)
+        baseline = join(baseline, theirs)
+    return student, deviation, baseline
+
+
+def export_for_lammps(run: RunDirectory, name: str, folder: Path) -> Path:
+    """A round's model exported (float32) for pair_style ekd, once."""
+    from ..export import export_model
+
+    path = folder / f"{name}.pt"
+    if not path.exists():
+        export_model([run.checkpoint(name)], path, torch.float32)
+    return path
 
 
 def write_sampling(path: Path, student: Trajectories, deviation: np.ndarray, baseline: Optional[Trajectories],

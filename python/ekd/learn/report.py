@@ -47,8 +47,8 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
              "every bond (docs/learn.md), the same starts every round.", "",
              "| round | conformations | added | oracle calls (failed) | oracle s | E RMSE student | F RMSE ensemble | "
              "F RMSE student | F RMSE baseline | molecules student | molecules baseline | clusters student | "
-             "clusters baseline | frames over threshold |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "clusters baseline | boxes student | boxes baseline | frames over threshold |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         oracle, test, s = row["oracle"], row["test"], row["sampling"]
         grown = (f"{oracle['added']} | {oracle['calls']} ({oracle['failed']}) | {oracle['oracle_seconds']:.0f}"
@@ -60,6 +60,7 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
                      f"{_milli(test.get('baseline', {}).get('force_rmse'))} | "
                      f"{_survival(s.get('molecule', {}), 'student')} | {_survival(s.get('molecule', {}), 'baseline')} | "
                      f"{_survival(s.get('cluster', {}), 'student')} | {_survival(s.get('cluster', {}), 'baseline')} | "
+                     f"{_survival(s.get('box', {}), 'student')} | {_survival(s.get('box', {}), 'baseline')} | "
                      f"{s['frames_over_threshold']}/{s['frames']} |")
     return "\n".join(lines) + "\n"
 
@@ -84,7 +85,7 @@ def plot(path: Path, rows: List[Dict[str, Any]]) -> None:
             errors.plot(rounds, [v * 1e3 if v is not None else float("nan") for v in values], "o-", label=model)
     errors.set(xlabel="round", ylabel="test force RMSE (meV/Å)", title="original test split")
     errors.legend()
-    for kind in ("molecule", "cluster"):
+    for kind in ("molecule", "cluster", "box"):
         for model, style in (("student", "o-"), ("baseline", "s--")):
             values = [row["sampling"].get(kind, {}) for row in rows]
             if all(v and v.get(f"{model}_survived") is not None for v in values):

@@ -24,8 +24,8 @@ from ..models import Potential
 from ..stability.criterion import FailureCriterion, covalent_bonds, structure_failure
 from ..training.progress import Progress
 
-MOLECULE, CLUSTER = 0, 1
-KINDS = ("molecule", "cluster")
+MOLECULE, CLUSTER, BOX = 0, 1, 2
+KINDS = ("molecule", "cluster", "box")
 
 
 @dataclass
@@ -197,3 +197,14 @@ def committee_deviation(teachers: Teachers, frames: AtomsData, progress: bool) -
         return np.zeros(0)
     spread = teachers.label(frames, progress, "committee")["forces_std"]
     return np.maximum.reduceat(spread, frames.offsets[:-1])
+
+
+def join(first: Trajectories, second: Trajectories) -> Trajectories:
+    """Two sets of trajectories as one (the second's trajectories numbered after the first's)."""
+    offset = len(first.failed_step)
+    return Trajectories(concatenate([first.frames, second.frames], "sampled frames"),
+                        np.concatenate([first.trajectory, second.trajectory + offset]),
+                        np.concatenate([first.step, second.step]), np.concatenate([first.temperature, second.temperature]),
+                        np.concatenate([first.failed_step, second.failed_step]), first.reason + second.reason,
+                        np.concatenate([first.start_temperature, second.start_temperature]),
+                        np.concatenate([first.start_kind, second.start_kind]))
