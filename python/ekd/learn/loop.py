@@ -43,12 +43,13 @@ from ..stability.criterion import FailureCriterion
 from ..train.method import run_stages
 from .additions import (atoms_arrays, atoms_from_arrays, count_additions, read_arrays, write_additions,
                         write_arrays)
-from .oracle import check_agreement, make_oracle, run_calls
+from .oracle import Oracle, check_agreement, make_oracle, run_calls
 from .report import round_report, write_learn_report
 from .boxes import run_boxes
 from .sampling import KINDS, Trajectories, committee_deviation, join, run_dynamics, starting_structures
 from .selection import REASONS, select_frames
 
+_PROVENANCE = ("round", "trajectory", "step", "temperature", "committee_deviation", "reason", "sources")
 _FRAME_KEYS = ("trajectory", "step", "temperature", "deviation")
 _TRAJECTORY_KEYS = ("failed_step", "reason", "start_temperature", "start_kind", "baseline_failed_step",
                     "baseline_reason")
@@ -120,49 +121,51 @@ def check_identity(learning: Learning, resume: bool) -> None:
 
 # ---- 1–3. grow the data ---------------------------------------------------------------------------
 
-def grow(learning: Learning, k: int, oracle) -> Dict[str, Any]:
+def grow(learning: Learning, k: int, oracle: Oracle) -> Dict[str, Any]:
     """Round k's additions: candidates from round k−1's sampling, labelled by the oracle."""
-    folder, settings = learning.round_dir(k), learning.config.learn
+    folder = learning.round_dir(k)
     folder.mkdir(parents=True, exist_ok=True)
-    additions = folder / "additions.h5"
-    candidates_path = folder / "candidates.h5"
+    additions, candidates_path = folder / "additions.h5", folder / "candidates.h5"
     if not candidates_path.exists():
         write_candidates(learning, k, candidates_path)
-    arrays, attrs = read_arrays(candidates_path, ["species", "positions", "n_atoms", "group", "round", "trajectory",
-                                                  "step", "temperature", "committee_deviation", "reason", "sources"])
-    candidates = atoms_from_arrays(arrays, [str(g) for g in attrs["group_names"]], str(candidates_path))
+    arrays, attrs = read_arrays(candidates_path, ["species", "positions", "n_atoms", "group", *_PROVENANCE])
     if not additions.exists():
-        check_oracle(learning, oracle)
-        offsets = candidates.offsets
-        structures = [(candidates.species[offsets[c]:offsets[c + 1]], candidates.positions[offsets[c]:offsets[c + 1]])
-                      for c in range(len(candidates))]
-        learning.say(f"learn: round {k}: {len(candidates)} oracle calls ({settings.oracle}, {settings.jobs} process(es))")
-        results = run_calls(settings.oracle, settings.oracle_options, structures, folder / "oracle", settings.jobs,
-                            learning.progress, learning.say)
-        ok = np.array([r.ok for r in results])
-        for c in np.flatnonzero(~ok)[:5]:
-            learning.say(f"learn: round {k}: oracle failed on candidate {c} "
-                         f"({candidates.group_names[candidates.group[c]]}): {results[c].message}")
-        if not ok.any():
-            raise EkdError(f"[learn] round {k}: every one of {len(results)} oracle calls failed (see "
-                           f"{folder / 'oracle'}); nothing to add")
-        rows = np.flatnonzero(ok)
-        kept = candidates.subset(rows)
-        provenance = {key: arrays[key][rows] for key in ("round", "trajectory", "step", "temperature",
-                                                         "committee_deviation", "reason", "sources")}
-        provenance["candidate"] = rows
-        write_additions(additions, kept, np.array([results[c].energy for c in rows]),
-                        np.concatenate([results[c].forces for c in rows]), provenance,
-                        {"round": k, "oracle": settings.oracle, "level": oracle.level, "program": oracle.program,
-                         "reasons": list(REASONS), "oracle_options": json.dumps(settings.oracle_options),
-                         "calls": len(results), "failed": int((~ok).sum()),
-                         "oracle_seconds": float(sum(r.seconds for r in results))})
-        learning.say(f"learn: round {k}: wrote {additions} ({len(rows)} conformations, {int((~ok).sum())} failed calls)")
-    with_attrs = read_arrays(additions, [])[1]
-    return {"calls": int(with_attrs["calls"]), "failed": int(with_attrs["failed"]),
-            "oracle_seconds": float(with_attrs["oracle_seconds"]), "added": count_additions(additions),
-            "level": str(with_attrs["level"]), "program": str(with_attrs["program"]),
+        candidates = atoms_from_arrays(arrays, [str(g) for g in attrs["group_names"]], str(candidates_path))
+        label_candidates(learning, k, oracle, candidates, {key: arrays[key] for key in _PROVENANCE}, additions)
+    written = read_arrays(additions, [])[1]
+    return {"calls": int(written["calls"]), "failed": int(written["failed"]),
+            "oracle_seconds": float(written["oracle_seconds"]), "added": count_additions(additions),
+            "level": str(written["level"]), "program": str(written["program"]),
             "candidates_over_threshold": int(attrs["over_threshold"]), "failed_trajectories": int(attrs["before_failure"])}
+
+
+def label_candidates(learning: Learning, k: int, oracle: Oracle, candidates: AtomsData,
+                     provenance: Dict[str, np.ndarray], additions: Path) -> None:
+    """One oracle call per candidate (resumable), then the successful ones as `additions`."""
+    folder, settings = learning.round_dir(k), learning.config.learn
+    check_oracle(learning, oracle)
+    offsets = candidates.offsets
+    structures = [(candidates.species[offsets[c]:offsets[c + 1]], candidates.positions[offsets[c]:offsets[c + 1]])
+                  for c in range(len(candidates))]
+    learning.say(f"learn: round {k}: {len(candidates)} oracle calls ({settings.oracle}, {settings.jobs} process(es))")
+    results = run_calls(settings.oracle, settings.oracle_options, structures, folder / "oracle", settings.jobs,
+                        learning.progress, learning.say)
+    ok = np.array([r.ok for r in results])
+    for c in np.flatnonzero(~ok)[:5]:
+        learning.say(f"learn: round {k}: oracle failed on candidate {c} "
+                     f"({candidates.group_names[candidates.group[c]]}): {results[c].message}")
+    if not ok.any():
+        raise EkdError(f"[learn] round {k}: every one of {len(results)} oracle calls failed (see "
+                       f"{folder / 'oracle'}); nothing to add")
+    rows = np.flatnonzero(ok)
+    write_additions(additions, candidates.subset(rows), np.array([results[c].energy for c in rows]),
+                    np.concatenate([results[c].forces for c in rows]),
+                    {**{key: value[rows] for key, value in provenance.items()}, "candidate": rows},
+                    {"round": k, "oracle": settings.oracle, "level": oracle.level, "program": oracle.program,
+                     "reasons": list(REASONS), "oracle_options": json.dumps(settings.oracle_options),
+                     "calls": len(results), "failed": int((~ok).sum()),
+                     "oracle_seconds": float(sum(r.seconds for r in results))})
+    learning.say(f"learn: round {k}: wrote {additions} ({len(rows)} conformations, {int((~ok).sum())} failed calls)")
 
 
 def write_candidates(learning: Learning, k: int, path: Path) -> None:
@@ -184,7 +187,7 @@ def write_candidates(learning: Learning, k: int, path: Path) -> None:
                  f"{selection.over_threshold} frames over the threshold)")
 
 
-def check_oracle(learning: Learning, oracle) -> None:
+def check_oracle(learning: Learning, oracle: Oracle) -> None:
     """Once per directory: the oracle knows the elements and reproduces data conformations."""
     path = learning.out / "oracle_check.json"
     settings = learning.config.learn
