@@ -190,13 +190,17 @@ class LearnSettings:
     steps; and `box_starts` LAMMPS runs (pair_style ekd) per temperature of a periodic box of about
     `box_atoms` atoms of the molecules of `box_molecules` ([] = all groups) at `box_density` g/cm³,
     where each dumped frame gives a cluster carved around its most disagreed-on atom (its molecule
-    and the closest whole molecules within `carve_radius` Å, `carve_molecules` in all). Selection: frames where an atom's committee force deviation (the teachers',
-    eV/Å) passes `threshold`, and the last frame before a trajectory fails the docs/stability.md
-    criterion; at most `per_trajectory` per trajectory and `budget` per round. Oracle:
-    "ccsd(t)" (PySCF; oracle_options basis, frozen_core, forces, threads), "gfn2-xtb" (tblite)
-    or "ase:package.module.Class" (oracle_options: its keyword arguments); before the first
-    call it recomputes `oracle_check` training conformations, which must agree with the data
-    within `oracle_tolerance` eV (same level of theory and units); `jobs` processes call it."""
+    and the closest whole molecules within `carve_radius` Å, `carve_molecules` in all).
+    Selection: frames whose largest per-atom committee force deviation (the teachers', eV/Å) lies
+    in (`threshold`, `threshold_max`] — beyond it the geometry is too far gone to teach anything —
+    and the last frame within it before a trajectory fails the docs/stability.md criterion; at
+    most `per_trajectory` per trajectory and `budget` per round. A labelled conformation more than
+    `max_excess_energy` eV/atom above its molecules' lowest training energies is not added (0: all
+    are). Oracle: "ccsd(t)" (PySCF; oracle_options basis, frozen_core, forces, threads),
+    "gfn2-xtb" (tblite) or "ase:package.module.Class" (oracle_options: its keyword arguments);
+    before the first call it recomputes `oracle_check` training conformations, which must agree
+    with the data within `oracle_tolerance` eV (same level of theory and units); `jobs`
+    processes call it."""
 
     rounds: int = 2
     temperatures: List[float] = field(default_factory=lambda: [500.0])
@@ -216,6 +220,8 @@ class LearnSettings:
     md_friction: float = 0.01
     md_every: int = 10
     threshold: float = 0.1
+    threshold_max: float = 3.0
+    max_excess_energy: float = 0.3
     per_trajectory: int = 2
     budget: int = 100
     oracle: str = "ccsd(t)"
@@ -243,8 +249,11 @@ class LearnSettings:
             raise ConfigError(f"[learn] temperatures must be positive kelvin, got {self.temperatures}")
         if not 1 <= self.md_every <= self.md_steps:
             raise ConfigError(f"[learn] md_every must be in 1..md_steps ({self.md_steps}), got {self.md_every}")
-        if self.threshold <= 0:
-            raise ConfigError(f"[learn] threshold must be a positive force deviation in eV/Å, got {self.threshold}")
+        if not 0 < self.threshold < self.threshold_max:
+            raise ConfigError(f"[learn] need 0 < threshold < threshold_max (force deviations in eV/Å), got "
+                              f"{self.threshold} and {self.threshold_max}")
+        if self.max_excess_energy < 0:
+            raise ConfigError(f"[learn] max_excess_energy must be >= 0 eV/atom (0: keep all), got {self.max_excess_energy}")
         if self.per_trajectory < 1 or self.budget < 1 or self.jobs < 1:
             raise ConfigError("[learn] per_trajectory, budget and jobs must be at least 1")
         if self.oracle not in ORACLES and not (self.oracle.startswith("ase:") and "." in self.oracle):

@@ -59,6 +59,8 @@ box_starts = 1
 box_atoms = 150
 box_density = 0.6
 threshold = {threshold}
+threshold_max = 1000.0
+max_excess_energy = 0.0
 per_trajectory = 12
 budget = 400
 oracle = "{oracle}"
@@ -219,9 +221,25 @@ def test_resume_refuses_another_configuration_and_a_second_run_needs_resume(grow
         run_learning(load_config(grown["config"]), grown["out"], resume=False, progress=False, say=lambda line: None)
 
 
-def test_a_threshold_that_selects_nothing_says_so(grown: dict) -> None:
-    frames, trajectories, deviation, _ = read_sampling(grown["out"] / "round_1" / "sampling.h5")
+def test_selection_keeps_to_the_deviation_window(grown: dict) -> None:
+    frames, trajectories, deviation, _, reference = read_sampling(grown["out"] / "round_1" / "sampling.h5")
+    assert np.isfinite(reference).all() and (reference < 0).all()   # sums of the molecules' lowest energies
     settings = load_config(grown["config"]).learn
+    settings.threshold, settings.threshold_max = np.percentile(deviation, [20, 60])
+    selection = select_frames(trajectories, deviation, settings)
+    assert (deviation[selection.frames] <= settings.threshold_max).all()
+    disagreement = selection.frames[selection.reason == 1]
+    assert (deviation[disagreement] > settings.threshold).all()
+    for row in selection.frames[selection.reason == 0]:  # the last frame within the window before the failure
+        t = trajectories.trajectory[row]
+        later = np.flatnonzero((trajectories.trajectory == t) & (trajectories.step > trajectories.step[row]))
+        assert trajectories.failed_step[t] >= 0 and (deviation[later] > settings.threshold_max).all()
+
+
+def test_a_threshold_that_selects_nothing_says_so(grown: dict) -> None:
+    frames, trajectories, deviation, _, _ = read_sampling(grown["out"] / "round_1" / "sampling.h5")
+    settings = load_config(grown["config"]).learn
+    settings.threshold_max = float(deviation.max()) + 2.0
     settings.threshold = float(deviation.max()) + 1.0
     trajectories.failed_step[:] = -1   # as if every trajectory survived: only the threshold could select
     with pytest.raises(EkdError, match="threshold"):

@@ -92,9 +92,11 @@ def formula_names(data: AtomsData) -> Dict[str, str]:
 
 
 def run_boxes(model: Path, teachers: Teachers, data: AtomsData, settings: LearnSettings, seed: int,
-              criterion: FailureCriterion, folder: Path, what: str, label: bool) -> tuple[Trajectories, np.ndarray]:
+              criterion: FailureCriterion, folder: Path, what: str, label: bool, minima: Dict[str, float]
+              ) -> tuple[Trajectories, np.ndarray, np.ndarray]:
     """`box_starts` LAMMPS runs per temperature of the exported `model`; with `label`, a carved
-    cluster per dumped frame before the failure and its central atom's committee deviation."""
+    cluster per dumped frame before the failure, its central atom's committee deviation and the
+    sum of its molecules' lowest training energies (`minima`, by formula)."""
     molecules = box_molecules(data, settings.box_molecules)
     try:
         box = build_box(molecules, BoxSettings(atoms=settings.box_atoms, density=settings.box_density),
@@ -107,7 +109,7 @@ def run_boxes(model: Path, teachers: Teachers, data: AtomsData, settings: LearnS
     elements = [chemical_symbols[z] for z in teachers.elements]
     names = formula_names(data)
     clusters: List[AtomsData] = []
-    columns: Dict[str, List] = {k: [] for k in ("trajectory", "step", "temperature", "deviation")}
+    columns: Dict[str, List] = {k: [] for k in ("trajectory", "step", "temperature", "deviation", "reference")}
     failed, reasons, temperatures = [], [], []
     for t_index, temperature in enumerate(settings.temperatures):
         for k in range(settings.box_starts):
@@ -124,8 +126,9 @@ def run_boxes(model: Path, teachers: Teachers, data: AtomsData, settings: LearnS
                 continue
             frames = {step: table[:, 1:4] for step, table in read_dump(run_folder / "frames.dump").items()
                       if step > 0 and (result.survived or step < result.steps)}
-            for step, deviation, cluster in carved(frames, box, molecule, lengths, teachers, settings, names):
+            for step, deviation, cluster, formulas in carved(frames, box, molecule, lengths, teachers, settings, names):
                 clusters.append(cluster)
+                columns["reference"].append(sum(minima.get(f, np.nan) for f in formulas))
                 columns["trajectory"].append(trajectory)
                 columns["step"].append(step)
                 columns["temperature"].append(float(temperature))
@@ -133,15 +136,16 @@ def run_boxes(model: Path, teachers: Teachers, data: AtomsData, settings: LearnS
     n = len(failed)
     empty = AtomsData(species=np.zeros(0), positions=np.zeros((0, 3)), n_atoms=np.zeros(0), energy=np.zeros(0))
     frames_data = concatenate(clusters, "carved clusters") if clusters else empty
-    arrays = {k: np.asarray(v, dtype=np.float64 if k in ("temperature", "deviation") else np.int64)
+    arrays = {k: np.asarray(v, dtype=np.float64 if k in ("temperature", "deviation", "reference") else np.int64)
               for k, v in columns.items()}
     return Trajectories(frames_data, arrays["trajectory"], arrays["step"], arrays["temperature"], np.array(failed),
-                        reasons, np.array(temperatures), np.full(n, BOX)), arrays["deviation"]
+                        reasons, np.array(temperatures), np.full(n, BOX)), arrays["deviation"], arrays["reference"]
 
 
 def carved(frames: Dict[int, np.ndarray], box: Atoms, molecule: np.ndarray, lengths: np.ndarray,
            teachers: Teachers, settings: LearnSettings, names: Dict[str, str]):
-    """(step, deviation, cluster) for every frame: the cluster around its most disagreed-on atom."""
+    """(step, deviation, cluster, its molecules' formulas) for every frame: the cluster around its
+    most disagreed-on atom."""
     if not frames:
         return
     steps = sorted(frames)
@@ -155,7 +159,9 @@ def carved(frames: Dict[int, np.ndarray], box: Atoms, molecule: np.ndarray, leng
         centre = int(np.argmax(spread[row]))
         atoms, positions = carve(frames[step], lengths, molecule, centre, settings.carve_radius,
                                  settings.carve_molecules)
-        yield step, float(spread[row, centre]), cluster_data(box.numbers[atoms], positions, molecule[atoms], names)
+        formulas = [Symbols(box.numbers[molecule == m]).get_chemical_formula() for m in np.unique(molecule[atoms])]
+        yield step, float(spread[row, centre]), cluster_data(box.numbers[atoms], positions, molecule[atoms], names), \
+            formulas
 
 
 def cluster_data(species: np.ndarray, positions: np.ndarray, molecule: np.ndarray, names: Dict[str, str]) -> AtomsData:

@@ -2,11 +2,13 @@
 distilled student's dynamics go, until its MD stays where the teachers agree.
 
 Round 0 is the EKD method on the data as given. Every round k ≥ 1 then
-1. **selects** frames of round k−1's sampling MD: where the teachers' committee deviation passes
-   `[learn] threshold`, and the frame before each trajectory failed (`ekd.learn.selection`);
+1. **selects** frames of round k−1's sampling MD: where the teachers' committee deviation lies in
+   the window (`threshold`, `threshold_max`], and the last such frame before each trajectory
+   failed (`ekd.learn.selection`);
 2. asks the **oracle** for their energies (and forces, where it gives them), one call at a time,
    each result on disk before the next (`ekd.learn.oracle`);
-3. writes them as the round's **additions** (with provenance) and **retrains**: the teachers
+3. writes them as the round's **additions** (with provenance; not those more than
+   `max_excess_energy` eV/atom above their molecules' lowest training energies) and **retrains**: the teachers
    continue from round k−1's, relabel the grown data, and student and baseline learn afresh.
    The test split stays the original one; every addition joins the training split;
 4. **samples**: MD of the student (and, for comparison, the baseline) from the same starts every
@@ -31,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..config import RunConfig, config_from_dict, config_to_toml
+from ..config import LearnSettings, RunConfig, config_from_dict, config_to_toml
 from ..data import AtomsData, read_data, save_split
 from ..distill.augment import Teachers
 from ..errors import ConfigError, EkdError
@@ -46,11 +48,13 @@ from .additions import (atoms_arrays, atoms_from_arrays, count_additions, read_a
 from .oracle import Oracle, check_agreement, make_oracle, run_calls
 from .report import round_report, write_learn_report
 from .boxes import run_boxes
-from .sampling import KINDS, Trajectories, committee_deviation, join, run_dynamics, starting_structures
+from .sampling import (KINDS, Trajectories, committee_deviation, join, lowest_energies, run_dynamics, start_references,
+                       starting_structures)
 from .selection import REASONS, select_frames
 
-_PROVENANCE = ("round", "trajectory", "step", "temperature", "committee_deviation", "reason", "sources")
-_FRAME_KEYS = ("trajectory", "step", "temperature", "deviation")
+_PROVENANCE = ("round", "trajectory", "step", "temperature", "committee_deviation", "reason", "sources",
+               "reference_energy")
+_FRAME_KEYS = ("trajectory", "step", "temperature", "deviation", "reference_energy")
 _TRAJECTORY_KEYS = ("failed_step", "reason", "start_temperature", "start_kind", "baseline_failed_step",
                     "baseline_reason")
 
@@ -68,13 +72,15 @@ class Learning:
         return self.out / f"round_{k}"
 
     def round_config(self, k: int) -> RunConfig:
-        """Round k's run: the data plus rounds 1..k's additions, teachers continued from round k−1."""
+        """Round k's run: the data plus rounds 1..k's additions, teachers continued from round k−1
+        (the [learn] table stays out: a round's run does not depend on how it will be sampled)."""
+        base = dataclasses.replace(self.config, learn=LearnSettings())
         if k == 0:
-            return self.config
+            return base
         data = dataclasses.replace(self.config.data, additions=[*self.config.data.additions, *[
             str(self.round_dir(j) / "additions.h5") for j in range(1, k + 1)]])
         teachers = dataclasses.replace(self.config.teachers, init_from=str(self.round_dir(k - 1)))
-        return dataclasses.replace(self.config, data=data, teachers=teachers)
+        return dataclasses.replace(base, data=data, teachers=teachers)
 
 
 def run_learning(config: RunConfig, out: Path, rounds: Optional[int] = None, resume: bool = False,
@@ -133,7 +139,7 @@ def grow(learning: Learning, k: int, oracle: Oracle) -> Dict[str, Any]:
         candidates = atoms_from_arrays(arrays, [str(g) for g in attrs["group_names"]], str(candidates_path))
         label_candidates(learning, k, oracle, candidates, {key: arrays[key] for key in _PROVENANCE}, additions)
     written = read_arrays(additions, [])[1]
-    return {"calls": int(written["calls"]), "failed": int(written["failed"]),
+    return {"calls": int(written["calls"]), "failed": int(written["failed"]), "too_high": int(written["too_high"]),
             "oracle_seconds": float(written["oracle_seconds"]), "added": count_additions(additions),
             "level": str(written["level"]), "program": str(written["program"]),
             "candidates_over_threshold": int(attrs["over_threshold"]), "failed_trajectories": int(attrs["before_failure"])}
@@ -157,13 +163,24 @@ def label_candidates(learning: Learning, k: int, oracle: Oracle, candidates: Ato
     if not ok.any():
         raise EkdError(f"[learn] round {k}: every one of {len(results)} oracle calls failed (see "
                        f"{folder / 'oracle'}); nothing to add")
-    rows = np.flatnonzero(ok)
+    excess = np.array([(r.energy - provenance["reference_energy"][c]) / candidates.n_atoms[c]
+                       for c, r in enumerate(results)])
+    too_high = ok & (excess > settings.max_excess_energy) if settings.max_excess_energy else np.zeros(len(ok), bool)
+    if too_high.any():
+        learning.say(f"learn: round {k}: {int(too_high.sum())} labelled conformations lie more than "
+                     f"max_excess_energy = {settings.max_excess_energy:g} eV/atom above their molecules' lowest "
+                     "training energies; not added")
+    rows = np.flatnonzero(ok & ~too_high)
+    if not len(rows):
+        raise EkdError(f"[learn] round {k}: no labelled conformation is within max_excess_energy = "
+                       f"{settings.max_excess_energy:g} eV/atom of its molecules' lowest training energies; lower "
+                       "threshold_max, or raise max_excess_energy")
     write_additions(additions, candidates.subset(rows), np.array([results[c].energy for c in rows]),
                     np.concatenate([results[c].forces for c in rows]),
                     {**{key: value[rows] for key, value in provenance.items()}, "candidate": rows},
                     {"round": k, "oracle": settings.oracle, "level": oracle.level, "program": oracle.program,
                      "reasons": list(REASONS), "oracle_options": json.dumps(settings.oracle_options),
-                     "calls": len(results), "failed": int((~ok).sum()),
+                     "calls": len(results), "failed": int((~ok).sum()), "too_high": int(too_high.sum()),
                      "oracle_seconds": float(sum(r.seconds for r in results))})
     learning.say(f"learn: round {k}: wrote {additions} ({len(rows)} conformations, {int((~ok).sum())} failed calls)")
 
@@ -171,7 +188,7 @@ def label_candidates(learning: Learning, k: int, oracle: Oracle, candidates: Ato
 def write_candidates(learning: Learning, k: int, path: Path) -> None:
     """Round k's oracle calls, selected from round k−1's sampling MD (written once, so a resumed
     round calls the oracle on exactly the same structures)."""
-    frames, trajectories, deviation, sources = read_sampling(learning.round_dir(k - 1) / "sampling.h5")
+    frames, trajectories, deviation, sources, reference = read_sampling(learning.round_dir(k - 1) / "sampling.h5")
     selection = select_frames(trajectories, deviation, learning.config.learn)
     chosen = frames.subset(selection.frames)
     t = trajectories.trajectory[selection.frames]
@@ -179,6 +196,7 @@ def write_candidates(learning: Learning, k: int, path: Path) -> None:
                         "trajectory": t, "step": trajectories.step[selection.frames],
                         "temperature": trajectories.temperature[selection.frames],
                         "committee_deviation": deviation[selection.frames], "reason": selection.reason,
+                        "reference_energy": reference[selection.frames],
                         "sources": sources[t % len(sources)]},
                  {"group_names": list(frames.group_names), "over_threshold": selection.over_threshold,
                   "before_failure": selection.before_failure})
@@ -257,32 +275,38 @@ def sample_round(learning: Learning, k: int, run: RunDirectory) -> Dict[str, Any
         baseline = run_dynamics(load_model(baseline_path).to(run.dtype), teachers, starts, settings, seed, criterion,
                                 learning.progress, f"round {k} baseline") if baseline_path.exists() else None
         sources = starts.sources
+        minima = lowest_energies(run.data, first_train)
+        reference = start_references(run.data, sources, minima)[student.trajectory % len(starts.data)]
         if settings.box_starts:
-            student, deviation, baseline = sample_boxes(learning, k, run, teachers, student, deviation, baseline)
+            student, deviation, reference, baseline = sample_boxes(learning, k, run, teachers, student, deviation,
+                                                                   reference, baseline, minima)
             sources = np.pad(sources, ((0, len(student.failed_step) - len(sources)), (0, 0)), constant_values=-1)
-        write_sampling(path, student, deviation, baseline, sources, file_sha256(student_path))
-    frames, trajectories, deviation, _ = read_sampling(path)
+        write_sampling(path, student, deviation, reference, baseline, sources, file_sha256(student_path))
+    frames, trajectories, deviation, _, _ = read_sampling(path)
     arrays, _ = read_arrays(path, ["baseline_failed_step"])
-    return sampling_summary(trajectories, deviation, arrays["baseline_failed_step"], learning.config.learn.threshold)
+    return sampling_summary(trajectories, deviation, arrays["baseline_failed_step"], learning.config.learn.threshold,
+                            learning.config.learn.threshold_max)
 
 
 def sample_boxes(learning: Learning, k: int, run: RunDirectory, teachers: Teachers, student: Trajectories,
-                 deviation: np.ndarray, baseline: Optional[Trajectories]
-                 ) -> tuple[Trajectories, np.ndarray, Optional[Trajectories]]:
+                 deviation: np.ndarray, reference: np.ndarray, baseline: Optional[Trajectories],
+                 minima: Dict[str, float]) -> tuple[Trajectories, np.ndarray, np.ndarray, Optional[Trajectories]]:
     """The molecular trajectories joined by the periodic boxes run in LAMMPS (`ekd.learn.boxes`)."""
     folder, settings, seed = learning.round_dir(k) / "boxes", learning.config.learn, learning.config.run.seed
     criterion = FailureCriterion()
     original = run.data.subset(np.arange(len(read_data(learning.config.data))))  # not the additions' clusters
     exported = export_for_lammps(run, STUDENT, folder)
-    boxes, box_deviation = run_boxes(exported, teachers, original, settings, seed, criterion, folder, "student", True)
+    boxes, box_deviation, box_reference = run_boxes(exported, teachers, original, settings, seed, criterion, folder,
+                                                    "student", True, minima)
     learning.say(f"learn: round {k}: student boxes survived {int((boxes.failed_step < 0).sum())} of "
                  f"{len(boxes.failed_step)}; {len(boxes.frames)} clusters carved")
     student, deviation = join(student, boxes), np.concatenate([deviation, box_deviation])
+    reference = np.concatenate([reference, box_reference])
     if baseline is not None:
-        theirs, _ = run_boxes(export_for_lammps(run, BASELINE, folder), teachers, original, settings, seed, criterion,
-                              folder, "baseline", False)
+        theirs = run_boxes(export_for_lammps(run, BASELINE, folder), teachers, original, settings, seed, criterion,
+                           folder, "baseline", False, minima)[0]
         baseline = join(baseline, theirs)
-    return student, deviation, baseline
+    return student, deviation, reference, baseline
 
 
 def export_for_lammps(run: RunDirectory, name: str, folder: Path) -> Path:
@@ -295,11 +319,11 @@ def export_for_lammps(run: RunDirectory, name: str, folder: Path) -> Path:
     return path
 
 
-def write_sampling(path: Path, student: Trajectories, deviation: np.ndarray, baseline: Optional[Trajectories],
-                   sources: np.ndarray, student_sha256: str) -> None:
+def write_sampling(path: Path, student: Trajectories, deviation: np.ndarray, reference: np.ndarray,
+                   baseline: Optional[Trajectories], sources: np.ndarray, student_sha256: str) -> None:
     n = len(student.failed_step)
     write_arrays(path, {**atoms_arrays(student.frames), "trajectory": student.trajectory, "step": student.step,
-                        "temperature": student.temperature, "deviation": deviation,
+                        "temperature": student.temperature, "deviation": deviation, "reference_energy": reference,
                         "failed_step": student.failed_step, "reason": np.array(student.reason, dtype=object),
                         "start_temperature": student.start_temperature, "start_kind": student.start_kind,
                         "sources": sources,
@@ -309,18 +333,19 @@ def write_sampling(path: Path, student: Trajectories, deviation: np.ndarray, bas
                   "kinds": list(KINDS)})
 
 
-def read_sampling(path: Path) -> tuple[AtomsData, Trajectories, np.ndarray, np.ndarray]:
+def read_sampling(path: Path) -> tuple[AtomsData, Trajectories, np.ndarray, np.ndarray, np.ndarray]:
+    """Frames, trajectories, committee deviation, sources and reference energy per frame."""
     arrays, attrs = read_arrays(path, ["species", "positions", "n_atoms", "group", *_FRAME_KEYS, *_TRAJECTORY_KEYS,
                                        "sources"])
     frames = atoms_from_arrays(arrays, [str(g) for g in attrs["group_names"]], str(path))
     trajectories = Trajectories(frames, arrays["trajectory"], arrays["step"], arrays["temperature"],
                                 arrays["failed_step"], list(arrays["reason"]), arrays["start_temperature"],
                                 arrays["start_kind"])
-    return frames, trajectories, arrays["deviation"], arrays["sources"]
+    return frames, trajectories, arrays["deviation"], arrays["sources"], arrays["reference_energy"]
 
 
 def sampling_summary(student: Trajectories, deviation: np.ndarray, baseline_failed: np.ndarray,
-                     threshold: float) -> Dict[str, Any]:
+                     threshold: float, threshold_max: float) -> Dict[str, Any]:
     """Survival (student, baseline) per kind of start, and how often the teachers disagreed."""
     out: Dict[str, Any] = {}
     for kind, name in enumerate(KINDS):
@@ -330,7 +355,7 @@ def sampling_summary(student: Trajectories, deviation: np.ndarray, baseline_fail
                          "baseline_survived": int((baseline_failed[rows] == -1).sum()) if (baseline_failed > -2).all()
                          else None}
     out["frames"] = int(len(deviation))
-    out["frames_over_threshold"] = int((deviation > threshold).sum())
+    out["frames_in_window"] = int(((deviation > threshold) & (deviation <= threshold_max)).sum())
     out["deviation_median"] = float(np.median(deviation)) if len(deviation) else None
     out["deviation_max"] = float(deviation.max()) if len(deviation) else None
     return out

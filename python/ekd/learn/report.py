@@ -45,13 +45,14 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
     lines = ["# Active learning", "",
              "Test errors on the original test split (meV, meV/Å); survival: sampling MD trajectories that kept "
              "every bond (docs/learn.md), the same starts every round.", "",
-             "| round | conformations | added | oracle calls (failed) | oracle s | E RMSE student | F RMSE ensemble | "
+             "| round | conformations | added | oracle calls (failed, too high) | oracle s | E RMSE student | F RMSE ensemble | "
              "F RMSE student | F RMSE baseline | molecules student | molecules baseline | clusters student | "
-             "clusters baseline | boxes student | boxes baseline | frames over threshold |",
+             "clusters baseline | boxes student | boxes baseline | frames in window |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         oracle, test, s = row["oracle"], row["test"], row["sampling"]
-        grown = (f"{oracle['added']} | {oracle['calls']} ({oracle['failed']}) | {oracle['oracle_seconds']:.0f}"
+        grown = (f"{oracle['added']} | {oracle['calls']} ({oracle['failed']}, {oracle['too_high']}) | "
+                 f"{oracle['oracle_seconds']:.0f}"
                  if oracle else "- | - | -")
         lines.append(f"| {row['round']} | {row['conformations']} | {grown} | "
                      f"{_milli(test.get('student', {}).get('energy_rmse'))} | "
@@ -61,7 +62,7 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
                      f"{_survival(s.get('molecule', {}), 'student')} | {_survival(s.get('molecule', {}), 'baseline')} | "
                      f"{_survival(s.get('cluster', {}), 'student')} | {_survival(s.get('cluster', {}), 'baseline')} | "
                      f"{_survival(s.get('box', {}), 'student')} | {_survival(s.get('box', {}), 'baseline')} | "
-                     f"{s['frames_over_threshold']}/{s['frames']} |")
+                     f"{s['frames_in_window']}/{s['frames']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -208,3 +208,25 @@ def join(first: Trajectories, second: Trajectories) -> Trajectories:
                         np.concatenate([first.failed_step, second.failed_step]), first.reason + second.reason,
                         np.concatenate([first.start_temperature, second.start_temperature]),
                         np.concatenate([first.start_kind, second.start_kind]))
+
+
+def lowest_energies(data: AtomsData, train_ids: np.ndarray) -> Dict[str, float]:
+    """Chemical formula → the lowest training energy (eV) of that molecule: the floor against which
+    a labelled conformation's excess energy is measured."""
+    from ase.symbols import Symbols
+
+    out: Dict[str, float] = {}
+    offsets = data.offsets
+    for c in np.asarray(train_ids):
+        formula = Symbols(data.species[offsets[c]:offsets[c + 1]]).get_chemical_formula()
+        out[formula] = min(out.get(formula, np.inf), float(data.energy[c]))
+    return out
+
+
+def start_references(data: AtomsData, sources: np.ndarray, minima: Dict[str, float]) -> np.ndarray:
+    """(S,) the sum of the lowest training energies of the molecules each start is made of."""
+    from ase.symbols import Symbols
+
+    offsets = data.offsets
+    return np.array([sum(minima.get(Symbols(data.species[offsets[c]:offsets[c + 1]]).get_chemical_formula(), np.nan)
+                         for c in row if c >= 0) for row in sources])

@@ -1,9 +1,10 @@
 """Which of the student's MD frames go to the oracle.
 
-Two reasons to pick a frame: the teachers disagree on it (an atom's committee force deviation
-above `threshold`: the dynamics left what the teachers knew), or it is the last kept frame
-before its trajectory failed the stability criterion (the student went wrong just after it).
-Per trajectory at most `per_trajectory` frames — the frame before the failure first, then the
+Two reasons to pick a frame: the teachers disagree on it (its largest per-atom committee force
+deviation in the window (`threshold`, `threshold_max`]: the dynamics left what the teachers
+knew, but not so far that the geometry is beyond repair), or it is the last frame within the
+window's upper bound before its trajectory failed the stability criterion (the student went
+wrong soon after it). Per trajectory at most `per_trajectory` frames — the frame before the failure first, then the
 most disagreed-on frames at least `md_every` × 5 steps apart (so that two picks are not
 near-copies); then at most `budget` over the round, frames before a failure first, then by
 deviation.
@@ -31,7 +32,7 @@ class Selection:
 
     frames: np.ndarray
     reason: np.ndarray
-    over_threshold: int    # frames whose deviation passed the threshold (before the caps)
+    over_threshold: int    # frames whose deviation lies in the window (before the caps)
     before_failure: int    # failed trajectories with a frame before the failure
 
 
@@ -42,23 +43,25 @@ def select_frames(trajectories: Trajectories, deviation: np.ndarray, settings: L
     for t in range(len(trajectories.failed_step)):
         rows = np.flatnonzero(trajectories.trajectory == t)
         chosen: List[int] = []
-        if trajectories.failed_step[t] >= 0 and len(rows):
-            chosen.append(int(rows[-1]))       # frames are in step order: the last kept one
-            picks.append((int(rows[-1]), BEFORE_FAILURE, float(deviation[rows[-1]])))
+        trusted = rows[deviation[rows] <= settings.threshold_max]   # frames are in step order
+        if trajectories.failed_step[t] >= 0 and len(trusted):
+            chosen.append(int(trusted[-1]))
+            picks.append((int(trusted[-1]), BEFORE_FAILURE, float(deviation[trusted[-1]])))
             before += 1
-        for row in rows[np.argsort(-deviation[rows], kind="stable")]:
+        for row in trusted[np.argsort(-deviation[trusted], kind="stable")]:
             if len(chosen) >= settings.per_trajectory or deviation[row] <= settings.threshold:
                 break
             if all(abs(int(trajectories.step[row]) - int(trajectories.step[c])) >= MIN_GAP_FRAMES * settings.md_every
                    for c in chosen):
                 chosen.append(int(row))
                 picks.append((int(row), DISAGREEMENT, float(deviation[row])))
-    over = int(np.count_nonzero(deviation > settings.threshold))
+    over = int(np.count_nonzero((deviation > settings.threshold) & (deviation <= settings.threshold_max)))
     if not picks:
         largest = float(deviation.max()) if len(deviation) else float("nan")
-        raise EkdError(f"[learn] nothing to select: no trajectory failed and no frame's committee deviation passes "
-                       f"threshold = {settings.threshold:g} eV/Å (the largest is {largest:.3g} eV/Å); lower the "
-                       "threshold, or the student's dynamics already stay where the teachers agree")
+        raise EkdError(f"[learn] nothing to select: no trajectory failed and no frame's committee deviation lies "
+                       f"between threshold = {settings.threshold:g} and threshold_max = {settings.threshold_max:g} "
+                       f"eV/Å (the largest is {largest:.3g} eV/Å); widen the window, or the student's dynamics "
+                       "already stay where the teachers agree")
     order = sorted(range(len(picks)), key=lambda k: (picks[k][1], -picks[k][2]))[: settings.budget]
     order.sort(key=lambda k: picks[k][0])
     return Selection(np.array([picks[k][0] for k in order], dtype=np.int64),
