@@ -122,7 +122,7 @@ def test_atoms_at_the_same_position_are_refused(model_files: dict) -> None:
     atoms = Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [0.96, 0, 0.00005]])
     atoms.calc = EKDCalculator(str(model_files["student"]))
     with pytest.raises(DataError, match=r"atoms 1 and 2 are 5.00e-05 Å apart \(closer than 0.0001 Å: two atoms at "
-                                        "the same position\)"):
+                                        r"the same position\)"):
         atoms.get_potential_energy()
 
 

@@ -221,9 +221,11 @@ def test_labels_in_blocks_survive_a_failure_and_equal_one_process(tiny_run: Path
     assert not (tmp_path / "run/labels.h5").exists()
     blocks = sorted((p for p in (tmp_path / "run").glob("labels.h5.part-*")),
                     key=lambda p: int(p.name.split("-")[1]))
-    # rank 0's block is complete or partial, depending on how far it got before rank 1 failed
-    assert len(blocks) == 2 and blocks[1].name.endswith(".partial"), blocks
-    with h5py.File(blocks[1]) as h5:
+    # rank 1's block is partial; rank 0's is complete, partial or not yet begun, depending on how far
+    # it got before rank 1 failed (on a loaded machine it may not have written a row)
+    assert len(blocks) in (1, 2) and int(blocks[-1].name.split("-")[1]) > 0, blocks
+    assert blocks[-1].name.endswith(".partial"), blocks
+    with h5py.File(blocks[-1]) as h5:
         assert 0 < h5.attrs["done"] < h5["energy_mean"].shape[0], "the partial block keeps its labelled rows"
 
     resumed = torchrun(args + ["--resume"], tmp_path)
