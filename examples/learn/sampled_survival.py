@@ -31,18 +31,22 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="finished run directories (student/ and baseline/)")
     parser.add_argument("--config", type=Path, default=HERE / "embedded.toml", help="the [learn] sampling settings")
     parser.add_argument("--out", type=Path, default=None, help="write the counts as JSON here")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="draw other starts and noise than the loop's (default: the config's [run] seed, as the "
+                             "loop does; its frames then trained round 1, so use another seed for a held-out check)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = load_config(args.config)
     data = read_data(config.data)
     train = make_split(data, config.split)["train"]
-    starts = starting_structures(data, train, config.learn, np.random.default_rng([config.run.seed, 11]))
+    seed = config.run.seed if args.seed is None else args.seed
+    starts = starting_structures(data, train, config.learn, np.random.default_rng([seed, 11]))
     results = {}
     for run in args.runs:
         for name in ("student", "baseline"):
             model = load_model(run / name / "checkpoint.pt")
             teachers = Teachers([model], list(model.elements), torch.float32, "cpu")
-            trajectories = run_dynamics(model.to(torch.float32), teachers, starts, config.learn, config.run.seed,
+            trajectories = run_dynamics(model.to(torch.float32), teachers, starts, config.learn, seed,
                                         FailureCriterion(), False, name)
             counts = {kind: [int((trajectories.failed_step[trajectories.start_kind == k] < 0).sum()),
                              int((trajectories.start_kind == k).sum())]
