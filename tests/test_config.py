@@ -23,6 +23,17 @@ from ekd.errors import ConfigError
     ("[data]\npath = 'embedded'\n[teachers]\ncount = 2\nmembers = [{kind = 'hipnn'}]\n",
      "members lists 1 teachers but count = 2"),
     ("[data\npath = 1", "not valid TOML"),
+    ("[data]\npath = 'embedded'\n[learn]\nthreshold = 2.0\nthreshold_max = 1.0\n",
+     "need 0 < threshold < threshold_max"),
+    ("[data]\npath = 'embedded'\n[learn]\nmax_excess_energy = -1.0\n", "max_excess_energy must be >= 0"),
+    ("[data]\npath = 'embedded'\n[learn]\nmd_starts = 0\n", "md_starts and cluster_starts are both 0"),
+    ("[data]\npath = 'embedded'\n[learn]\ncluster_starts = 4\ncluster_size = 1\n", "cluster_size must be at least 2"),
+    ("[data]\npath = 'embedded'\n[learn]\ntemperatures = []\n", "temperatures must be positive kelvin"),
+    ("[data]\npath = 'embedded'\n[learn]\nmd_every = 5000\n", "md_every must be in 1..md_steps"),
+    ("[data]\npath = 'embedded'\n[learn]\nbudget = 0\n", "per_trajectory, budget and jobs must be at least 1"),
+    ("[data]\npath = 'embedded'\n[learn]\nbox_density = 0.0\n", "box_density must be positive"),
+    ("[data]\npath = 'embedded'\n[learn]\noracle = 'dft'\n", "oracle 'dft' is not known"),
+    ("[data]\npath = 'embedded'\nadditions = 'x.h5'\n", "data.additions must be list"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"

@@ -70,6 +70,7 @@ def collect(files: list[Path]) -> dict[tuple[str, tuple[int, ...]], dict[str, li
 
 def write(out: Path, learn_dir: Path, files: list[Path]) -> None:
     additions = collect(files)
+    added = sum(int(np.concatenate(entry["energy"]).size) for entry in additions.values())
     writing = out.with_name(out.name + ".writing")
     with h5py.File(VERSION_1, "r") as old, h5py.File(writing, "w") as new:
         by_name = {str(old[g].attrs.get("name", g)): g for g in old}
@@ -102,7 +103,6 @@ def write(out: Path, learn_dir: Path, files: list[Path]) -> None:
                 target.create_dataset(key, data=value)
         new.attrs.update(old.attrs)
         config = (learn_dir / "learn.toml").read_text()
-        added = sum(int(np.concatenate(e["energy"]).size) for e in collect(files).values())
         new.attrs.update({
             "version": 2, "date": time.strftime("%Y-%m-%d"), "learn_config": config,
             "description": str(old.attrs["description"]) + (

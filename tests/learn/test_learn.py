@@ -222,7 +222,7 @@ def test_resume_refuses_another_configuration_and_a_second_run_needs_resume(grow
 
 
 def test_selection_keeps_to_the_deviation_window(grown: dict) -> None:
-    frames, trajectories, deviation, _, reference = read_sampling(grown["out"] / "round_1" / "sampling.h5")
+    frames, trajectories, deviation, reference = read_sampling(grown["out"] / "round_1" / "sampling.h5")
     assert np.isfinite(reference).all() and (reference < 0).all()   # sums of the molecules' lowest energies
     settings = load_config(grown["config"]).learn
     settings.threshold, settings.threshold_max = np.percentile(deviation, [20, 60])
@@ -237,7 +237,7 @@ def test_selection_keeps_to_the_deviation_window(grown: dict) -> None:
 
 
 def test_a_threshold_that_selects_nothing_says_so(grown: dict) -> None:
-    frames, trajectories, deviation, _, _ = read_sampling(grown["out"] / "round_1" / "sampling.h5")
+    frames, trajectories, deviation, _ = read_sampling(grown["out"] / "round_1" / "sampling.h5")
     settings = load_config(grown["config"]).learn
     settings.threshold_max = float(deviation.max()) + 2.0
     settings.threshold = float(deviation.max()) + 1.0
@@ -346,3 +346,88 @@ def test_carved_clusters_hold_whole_molecules_at_their_nearest_images() -> None:
     for m in chosen:                      # each chosen molecule has an atom within the radius of the central one
         others = np.flatnonzero(owner == m)
         assert min(minimum_image(i, j) for i in home for j in others) < radius
+
+
+def test_every_start_keeps_its_sources_at_every_temperature(grown: dict) -> None:
+    import torch
+
+    from ekd.distill.augment import Teachers
+    from ekd.learn.sampling import run_dynamics, starting_structures
+    from ekd.models import load_model
+    from ekd.stability.criterion import FailureCriterion
+
+    config = load_config(grown["config"])
+    settings = config.learn
+    settings.temperatures, settings.md_steps, settings.md_every = [300.0, 500.0], 10, 5
+    data = read_data(config.data)
+    starts = starting_structures(data, np.arange(len(data)), settings, np.random.default_rng(0))
+    model = load_model(grown["out"] / "round_0" / "student" / "checkpoint.pt")
+    teachers = Teachers([model], list(model.elements), torch.float32, "cpu")
+    trajectories = run_dynamics(model, teachers, starts, settings, 0, FailureCriterion(), False, "student")
+    np.testing.assert_array_equal(trajectories.start_sources, np.concatenate([starts.sources, starts.sources]))
+    np.testing.assert_array_equal(trajectories.start_temperature, np.repeat([300.0, 500.0], len(starts.data)))
+
+
+def test_labelling_refuses_when_nothing_can_be_added(grown: dict, tmp_path: Path) -> None:
+    from ekd.learn.loop import Learning, label_candidates
+
+    config = load_config(grown["config"])
+    data = read_data(config.data)
+    candidates = data.subset(np.arange(3))
+    provenance = {"reference_energy": data.energy[:3] - 100.0}   # 100 eV under each: far too high
+    learning = Learning(config, tmp_path, progress=False, say=lambda line: None)
+    oracle = make_oracle("gfn2-xtb", {})
+    config.learn.max_excess_energy = 0.3
+    with pytest.raises(EkdError, match="no labelled conformation is within max_excess_energy = 0.3"):
+        label_candidates(learning, 1, oracle, candidates, provenance, tmp_path / "a.h5")
+    assert not (tmp_path / "a.h5").exists()
+
+    candidates.positions[:] = 0.0                                  # every atom on one spot: every call fails
+    with pytest.raises(EkdError, match="every one of 3 oracle calls failed"):
+        label_candidates(learning, 2, oracle, candidates, provenance, tmp_path / "b.h5")
+    assert not (tmp_path / "b.h5").exists()
+
+
+def test_a_box_that_cannot_be_built_names_the_keys(grown: dict, tmp_path: Path) -> None:
+    import torch
+
+    from ekd.distill.augment import Teachers
+    from ekd.learn.boxes import run_boxes
+    from ekd.models import load_model
+    from ekd.stability.criterion import FailureCriterion
+
+    config = load_config(grown["config"])
+    config.learn.box_density = 5.0
+    model = load_model(grown["out"] / "round_0" / "student" / "checkpoint.pt")
+    teachers = Teachers([model], list(model.elements), torch.float32, "cpu")
+    with pytest.raises(ConfigError, match="box_atoms = 150, box_density = 5: at 5 g/cm³ the molecules overlap"):
+        run_boxes(tmp_path / "student.pt", teachers, read_data(config.data), config.learn, 0, FailureCriterion(),
+                  tmp_path, "student", True, {})
+
+
+def test_teachers_start_only_from_a_finished_teacher_of_the_same_kind(grown: dict, tmp_path: Path) -> None:
+    import torch
+
+    from ekd.models import build_model, load_model
+    from ekd.training import read_checkpoint
+    from ekd.train.method import start_from
+
+    checkpoint = grown["out"] / "round_0" / "teachers" / "teacher_0" / "checkpoint.pt"
+    elements = list(load_model(checkpoint).elements)
+    with pytest.raises(EkdError, match="is a hipnn model of elements"):
+        start_from(build_model("equivariant", elements, {}), checkpoint, "teacher_0")
+    state = read_checkpoint(checkpoint)
+    state["finished"] = False
+    torch.save(state, tmp_path / "unfinished.pt")
+    with pytest.raises(EkdError, match="is not a finished checkpoint of teacher_0"):
+        start_from(build_model("hipnn", elements, {}), tmp_path / "unfinished.pt", "teacher_0")
+
+
+def test_additions_are_refused_when_the_data_are_read_in_shards(embedded_data: Path, tmp_path: Path) -> None:
+    from ekd.run_directory import open_run
+    from tests.conftest import write_tiny_config
+
+    config = load_config(write_tiny_config(tmp_path))
+    config.data.additions = [str(tmp_path / "additions.h5")]
+    with pytest.raises(ConfigError, match="additions cannot be read in shards"):
+        open_run(tmp_path / "run", config, progress=False, shard=(0, 2))

@@ -139,7 +139,8 @@ def run_boxes(model: Path, teachers: Teachers, data: AtomsData, settings: LearnS
     arrays = {k: np.asarray(v, dtype=np.float64 if k in ("temperature", "deviation", "reference") else np.int64)
               for k, v in columns.items()}
     return Trajectories(frames_data, arrays["trajectory"], arrays["step"], arrays["temperature"], np.array(failed),
-                        reasons, np.array(temperatures), np.full(n, BOX)), arrays["deviation"], arrays["reference"]
+                        reasons, np.array(temperatures), np.full(n, BOX), np.full((n, 1), -1)), \
+        arrays["deviation"], arrays["reference"]
 
 
 def carved(frames: Dict[int, np.ndarray], box: Atoms, molecule: np.ndarray, lengths: np.ndarray,
@@ -160,13 +161,12 @@ def carved(frames: Dict[int, np.ndarray], box: Atoms, molecule: np.ndarray, leng
         atoms, positions = carve(frames[step], lengths, molecule, centre, settings.carve_radius,
                                  settings.carve_molecules)
         formulas = [Symbols(box.numbers[molecule == m]).get_chemical_formula() for m in np.unique(molecule[atoms])]
-        yield step, float(spread[row, centre]), cluster_data(box.numbers[atoms], positions, molecule[atoms], names), \
-            formulas
+        yield step, float(spread[row, centre]), cluster_data(box.numbers[atoms], positions, formulas, names), formulas
 
 
-def cluster_data(species: np.ndarray, positions: np.ndarray, molecule: np.ndarray, names: Dict[str, str]) -> AtomsData:
-    """A carved cluster as one conformation, named by the box's molecules it holds (e.g. "(water)3")."""
-    formulas = [Symbols(species[molecule == m]).get_chemical_formula() for m in np.unique(molecule)]
+def cluster_data(species: np.ndarray, positions: np.ndarray, formulas: List[str], names: Dict[str, str]) -> AtomsData:
+    """A carved cluster of molecules (`formulas`) as one conformation, named by the data's names
+    for them (e.g. "(water)3", "methanol+water")."""
     parts = sorted(names.get(f, f) for f in formulas)
     name = parts[0] if len(parts) == 1 else (f"({parts[0]}){len(parts)}" if len(set(parts)) == 1 else "+".join(parts))
     return AtomsData(species=species, positions=positions, n_atoms=np.array([len(species)]),

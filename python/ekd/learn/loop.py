@@ -23,6 +23,7 @@ learn.json, learn.md and learn.png report every round (`ekd.learn.report`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -55,7 +56,7 @@ from .selection import REASONS, select_frames
 _PROVENANCE = ("round", "trajectory", "step", "temperature", "committee_deviation", "reason", "sources",
                "reference_energy")
 _FRAME_KEYS = ("trajectory", "step", "temperature", "deviation", "reference_energy")
-_TRAJECTORY_KEYS = ("failed_step", "reason", "start_temperature", "start_kind", "baseline_failed_step",
+_TRAJECTORY_KEYS = ("failed_step", "reason", "start_temperature", "start_kind", "start_sources", "baseline_failed_step",
                     "baseline_reason")
 
 
@@ -67,6 +68,11 @@ class Learning:
     out: Path
     progress: bool = True
     say: Callable[[str], None] = print
+
+    @functools.cached_property
+    def original(self) -> AtomsData:
+        """The data as given (round 0's), read once."""
+        return read_data(self.config.data)
 
     def round_dir(self, k: int) -> Path:
         return self.out / f"round_{k}"
@@ -188,7 +194,7 @@ def label_candidates(learning: Learning, k: int, oracle: Oracle, candidates: Ato
 def write_candidates(learning: Learning, k: int, path: Path) -> None:
     """Round k's oracle calls, selected from round k−1's sampling MD (written once, so a resumed
     round calls the oracle on exactly the same structures)."""
-    frames, trajectories, deviation, sources, reference = read_sampling(learning.round_dir(k - 1) / "sampling.h5")
+    frames, trajectories, deviation, reference = read_sampling(learning.round_dir(k - 1) / "sampling.h5")
     selection = select_frames(trajectories, deviation, learning.config.learn)
     chosen = frames.subset(selection.frames)
     t = trajectories.trajectory[selection.frames]
@@ -197,7 +203,7 @@ def write_candidates(learning: Learning, k: int, path: Path) -> None:
                         "temperature": trajectories.temperature[selection.frames],
                         "committee_deviation": deviation[selection.frames], "reason": selection.reason,
                         "reference_energy": reference[selection.frames],
-                        "sources": sources[t % len(sources)]},
+                        "sources": trajectories.start_sources[t]},
                  {"group_names": list(frames.group_names), "over_threshold": selection.over_threshold,
                   "before_failure": selection.before_failure})
     learning.say(f"learn: round {k}: {len(chosen)} candidates ({int((selection.reason == 0).sum())} before a "
@@ -212,7 +218,7 @@ def check_oracle(learning: Learning, oracle: Oracle) -> None:
     identity = {"oracle": settings.oracle, "options": settings.oracle_options}
     if path.exists() and {k: v for k, v in json.loads(path.read_text()).items() if k in identity} == identity:
         return
-    data = read_data(learning.config.data)
+    data = learning.original
     oracle.check_elements(data.elements)
     ids = np.argsort(data.n_atoms, kind="stable")[: settings.oracle_check]
     offsets = data.offsets
@@ -248,7 +254,7 @@ def prepare_split(learning: Learning, k: int, config: RunConfig) -> None:
     if (folder / "split.json").exists():
         return
     split = {name: np.asarray(ids) for name, ids in json.loads((first / "split.json").read_text()).items()}
-    n_first = len(read_data(learning.config.data))
+    n_first = len(learning.original)
     n_now = n_first + sum(count_additions(Path(p)) for p in config.data.additions[len(learning.config.data.additions):])
     split["train"] = np.concatenate([split["train"], np.arange(n_first, n_now)])
     shutil.copy2(first / "references.json", folder / "references.json")
@@ -274,15 +280,13 @@ def sample_round(learning: Learning, k: int, run: RunDirectory) -> Dict[str, Any
         deviation = committee_deviation(teachers, student.frames, learning.progress)
         baseline = run_dynamics(load_model(baseline_path).to(run.dtype), teachers, starts, settings, seed, criterion,
                                 learning.progress, f"round {k} baseline") if baseline_path.exists() else None
-        sources = starts.sources
         minima = lowest_energies(run.data, first_train)
-        reference = start_references(run.data, sources, minima)[student.trajectory % len(starts.data)]
+        reference = start_references(run.data, student.start_sources, minima)[student.trajectory]
         if settings.box_starts:
             student, deviation, reference, baseline = sample_boxes(learning, k, run, teachers, student, deviation,
                                                                    reference, baseline, minima)
-            sources = np.pad(sources, ((0, len(student.failed_step) - len(sources)), (0, 0)), constant_values=-1)
-        write_sampling(path, student, deviation, reference, baseline, sources, file_sha256(student_path))
-    frames, trajectories, deviation, _, _ = read_sampling(path)
+        write_sampling(path, student, deviation, reference, baseline, file_sha256(student_path))
+    frames, trajectories, deviation, _ = read_sampling(path)
     arrays, _ = read_arrays(path, ["baseline_failed_step"])
     return sampling_summary(trajectories, deviation, arrays["baseline_failed_step"], learning.config.learn.threshold,
                             learning.config.learn.threshold_max)
@@ -294,7 +298,7 @@ def sample_boxes(learning: Learning, k: int, run: RunDirectory, teachers: Teache
     """The molecular trajectories joined by the periodic boxes run in LAMMPS (`ekd.learn.boxes`)."""
     folder, settings, seed = learning.round_dir(k) / "boxes", learning.config.learn, learning.config.run.seed
     criterion = FailureCriterion()
-    original = run.data.subset(np.arange(len(read_data(learning.config.data))))  # not the additions' clusters
+    original = run.data.subset(np.arange(len(learning.original)))  # not the additions' clusters
     exported = export_for_lammps(run, STUDENT, folder)
     boxes, box_deviation, box_reference = run_boxes(exported, teachers, original, settings, seed, criterion, folder,
                                                     "student", True, minima)
@@ -320,28 +324,27 @@ def export_for_lammps(run: RunDirectory, name: str, folder: Path) -> Path:
 
 
 def write_sampling(path: Path, student: Trajectories, deviation: np.ndarray, reference: np.ndarray,
-                   baseline: Optional[Trajectories], sources: np.ndarray, student_sha256: str) -> None:
+                   baseline: Optional[Trajectories], student_sha256: str) -> None:
     n = len(student.failed_step)
     write_arrays(path, {**atoms_arrays(student.frames), "trajectory": student.trajectory, "step": student.step,
                         "temperature": student.temperature, "deviation": deviation, "reference_energy": reference,
                         "failed_step": student.failed_step, "reason": np.array(student.reason, dtype=object),
                         "start_temperature": student.start_temperature, "start_kind": student.start_kind,
-                        "sources": sources,
+                        "start_sources": student.start_sources,
                         "baseline_failed_step": baseline.failed_step if baseline else np.full(n, -2),
                         "baseline_reason": np.array(baseline.reason if baseline else [""] * n, dtype=object)},
                  {"group_names": list(student.frames.group_names), "student_sha256": student_sha256,
                   "kinds": list(KINDS)})
 
 
-def read_sampling(path: Path) -> tuple[AtomsData, Trajectories, np.ndarray, np.ndarray, np.ndarray]:
-    """Frames, trajectories, committee deviation, sources and reference energy per frame."""
-    arrays, attrs = read_arrays(path, ["species", "positions", "n_atoms", "group", *_FRAME_KEYS, *_TRAJECTORY_KEYS,
-                                       "sources"])
+def read_sampling(path: Path) -> tuple[AtomsData, Trajectories, np.ndarray, np.ndarray]:
+    """Frames, trajectories, committee deviation and reference energy per frame."""
+    arrays, attrs = read_arrays(path, ["species", "positions", "n_atoms", "group", *_FRAME_KEYS, *_TRAJECTORY_KEYS])
     frames = atoms_from_arrays(arrays, [str(g) for g in attrs["group_names"]], str(path))
     trajectories = Trajectories(frames, arrays["trajectory"], arrays["step"], arrays["temperature"],
                                 arrays["failed_step"], list(arrays["reason"]), arrays["start_temperature"],
-                                arrays["start_kind"])
-    return frames, trajectories, arrays["deviation"], arrays["sources"], arrays["reference_energy"]
+                                arrays["start_kind"], arrays["start_sources"])
+    return frames, trajectories, arrays["deviation"], arrays["reference_energy"]
 
 
 def sampling_summary(student: Trajectories, deviation: np.ndarray, baseline_failed: np.ndarray,

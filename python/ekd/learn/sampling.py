@@ -15,6 +15,7 @@ from typing import Dict, List
 
 import numpy as np
 from ase.data import atomic_masses
+from ase.symbols import Symbols
 
 from ..config import LearnSettings
 from ..data import AtomsData, concatenate
@@ -49,6 +50,7 @@ class Trajectories:
     reason: List[str]             # (T,) why it failed ("" when it survived)
     start_temperature: np.ndarray  # (T,) K
     start_kind: np.ndarray        # (T,)
+    start_sources: np.ndarray     # (T, k) data conformations the start was made of (−1 padded)
 
     @property
     def survived(self) -> np.ndarray:
@@ -62,7 +64,7 @@ def starting_structures(data: AtomsData, train_ids: np.ndarray, settings: LearnS
     """`md_starts` training molecules and `cluster_starts` clusters of training molecules."""
     molecules = np.sort(rng.choice(train_ids, size=settings.md_starts, replace=settings.md_starts > len(train_ids)))
     parts, kinds = [data.subset(molecules)], [np.full(len(molecules), MOLECULE)]
-    sources = [np.pad(molecules[:, None], ((0, 0), (0, max(0, settings.cluster_size - 1))), constant_values=-1)]
+    sources = [molecules[:, None]]
     if settings.cluster_starts:
         pool = cluster_pool(data, train_ids, settings.cluster_molecules)
         chosen = rng.choice(pool, size=(settings.cluster_starts, settings.cluster_size))
@@ -70,9 +72,7 @@ def starting_structures(data: AtomsData, train_ids: np.ndarray, settings: LearnS
         kinds.append(np.full(settings.cluster_starts, CLUSTER))
         sources.append(chosen)
     starts = concatenate(parts, "starting structures")
-    width = max(s.shape[1] for s in sources)
-    return Starts(starts, np.concatenate(kinds),
-                  np.concatenate([np.pad(s, ((0, 0), (0, width - s.shape[1])), constant_values=-1) for s in sources]))
+    return Starts(starts, np.concatenate(kinds), sources[0] if len(sources) == 1 else _stack_padded(*sources))
 
 
 def cluster_pool(data: AtomsData, train_ids: np.ndarray, names: List[str]) -> np.ndarray:
@@ -162,7 +162,8 @@ def run_dynamics(driver: Potential, teachers: Teachers, starts: Starts, settings
         kinds.append(starts.kind)
     frames_data = concatenate(parts, f"{what} MD frames")
     return Trajectories(frames_data, *(np.concatenate(columns[k]) for k in ("trajectory", "step", "temperature")),
-                        np.concatenate(failed), reasons, np.concatenate(temperatures), np.concatenate(kinds))
+                        np.concatenate(failed), reasons, np.concatenate(temperatures), np.concatenate(kinds),
+                        np.tile(starts.sources, (len(settings.temperatures), 1)))
 
 
 def _cut_at_failure(start: AtomsData, frames: List[tuple[int, np.ndarray, np.ndarray]], criterion: FailureCriterion
@@ -207,14 +208,19 @@ def join(first: Trajectories, second: Trajectories) -> Trajectories:
                         np.concatenate([first.step, second.step]), np.concatenate([first.temperature, second.temperature]),
                         np.concatenate([first.failed_step, second.failed_step]), first.reason + second.reason,
                         np.concatenate([first.start_temperature, second.start_temperature]),
-                        np.concatenate([first.start_kind, second.start_kind]))
+                        np.concatenate([first.start_kind, second.start_kind]),
+                        _stack_padded(first.start_sources, second.start_sources))
+
+
+def _stack_padded(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Rows of both (k columns each, −1 padded to the wider)."""
+    width = max(first.shape[1], second.shape[1])
+    return np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-1) for a in (first, second)])
 
 
 def lowest_energies(data: AtomsData, train_ids: np.ndarray) -> Dict[str, float]:
     """Chemical formula → the lowest training energy (eV) of that molecule: the floor against which
     a labelled conformation's excess energy is measured."""
-    from ase.symbols import Symbols
-
     out: Dict[str, float] = {}
     offsets = data.offsets
     for c in np.asarray(train_ids):
@@ -225,8 +231,6 @@ def lowest_energies(data: AtomsData, train_ids: np.ndarray) -> Dict[str, float]:
 
 def start_references(data: AtomsData, sources: np.ndarray, minima: Dict[str, float]) -> np.ndarray:
     """(S,) the sum of the lowest training energies of the molecules each start is made of."""
-    from ase.symbols import Symbols
-
     offsets = data.offsets
     return np.array([sum(minima.get(Symbols(data.species[offsets[c]:offsets[c + 1]]).get_chemical_formula(), np.nan)
                          for c in row if c >= 0) for row in sources])
