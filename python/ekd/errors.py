@@ -19,3 +19,13 @@ class ModelFileError(EkdError):
 
 class LammpsError(EkdError):
     """LAMMPS is missing or a LAMMPS run failed; the message carries LAMMPS's own ERROR line."""
+
+
+class WriteError(EkdError):
+    """A result file could not be written (disk full, file-size limit, no permission); the message
+    names the file and what was kept (the previous version of the file, or nothing)."""
+
+
+class NonFiniteOutput(EkdError):
+    """A model gave non-finite energies or forces: damaged weights, or a structure far outside
+    its training data (MD that blew up). Stability runs count it as a failed trajectory."""

@@ -31,15 +31,15 @@ Layout of `augmented.h5` (C conformations, A atoms; eV, Å):
            seed, reference_energy = "none", counts (JSON: generated, dropped, kept), created
 
 Resumable: each generator's labelled conformations are written as one group of
-`augmented.h5.partial` when done; a killed run keeps the finished groups and the final file is
-renamed into place only when complete.
+`augmented.h5.partial` when done (the file is rewritten whole each time, atomically); a killed
+run, or one whose disk filled, keeps the finished groups, and the final file is written only
+when complete.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,7 +54,7 @@ from ase.data import atomic_masses
 from ..config import AugmentSettings
 from ..data import AtomsData, Batch, GraphData, concatenate, element_index
 from ..errors import ConfigError, DataError, EkdError
-from ..fileio import file_sha256
+from ..fileio import atomic_hdf5, file_sha256
 from ..models import Potential, load_model, predict
 from ..models.ensemble import Ensemble
 from ..training.progress import Progress
@@ -272,24 +272,24 @@ def make_augmented(path: Path, teachers: Teachers, hashes: List[str], data: Atom
     partial = path.with_name(path.name + ".partial")
     identity = _identity(hashes, fingerprint, settings, seed)
     parts: List[Augmented] = []
-    with _open_partial(partial, identity, resume) as h5:
-        for name, generate in _generators(teachers, data, train_ids, settings, seed, progress):
-            if name in h5 and h5[name].attrs.get("complete", False):
-                parts.append(_read_group(h5[name], data.group_names))
-                say(f"augment: {name}: {len(parts[-1])} conformations kept from an interrupted run")
-                continue
-            begin = time.perf_counter()
-            generated, provenance = generate()
-            labels = teachers.label(generated, progress, name) if len(generated) else \
-                {k: np.zeros((0, 3) if k == "forces_mean" else 0) for k in _LABELS}
-            provenance["generator"] = np.full(len(generated), GENERATORS.index(name.split("_")[0]))
-            provenance["max_spread"] = np.maximum.reduceat(labels["forces_std"], generated.offsets[:-1]) \
-                if len(generated) else np.zeros(0)
-            part = Augmented(generated, provenance, labels)
-            _write_group(h5, name, part)
-            parts.append(part)
-            say(f"augment: {name}: {len(part)} conformations generated and labelled "
-                f"({time.perf_counter() - begin:.0f} s)")
+    finished = _finished_groups(partial, identity, resume, data.group_names)
+    for name, generate in _generators(teachers, data, train_ids, settings, seed, progress):
+        if name in finished:
+            parts.append(finished[name])
+            say(f"augment: {name}: {len(parts[-1])} conformations kept from an interrupted run")
+            continue
+        begin = time.perf_counter()
+        generated, provenance = generate()
+        labels = teachers.label(generated, progress, name) if len(generated) else \
+            {k: np.zeros((0, 3) if k == "forces_mean" else 0) for k in _LABELS}
+        provenance["generator"] = np.full(len(generated), GENERATORS.index(name.split("_")[0]))
+        provenance["max_spread"] = np.maximum.reduceat(labels["forces_std"], generated.offsets[:-1]) \
+            if len(generated) else np.zeros(0)
+        part = Augmented(generated, provenance, labels)
+        _add_group(partial, identity, name, part)
+        parts.append(part)
+        say(f"augment: {name}: {len(part)} conformations generated and labelled "
+            f"({time.perf_counter() - begin:.0f} s)")
     augmented, counts = _select(parts, settings, np.random.default_rng([seed, 99]))
     say(f"augment: {counts['kept']} of {counts['generated']} conformations kept ({counts['spread']} over "
         f"max_spread = {settings.max_spread:g} eV/Å, {counts['budget']} over the budget)")
@@ -365,23 +365,24 @@ def _identity(hashes: List[str], fingerprint: str, settings: AugmentSettings, se
             "settings": json.dumps(generators, sort_keys=True)}
 
 
-def _open_partial(partial: Path, identity: Dict[str, object], resume: bool) -> h5py.File:
-    """The partial file to add groups to: an interrupted run's when it was made by these
-    teachers, data, seed and settings (and resume is set), else a new one."""
-    if partial.exists():
-        if not resume:
-            raise DataError(f"{partial} is from an interrupted run; pass --resume to continue it")
-        try:
-            h5 = h5py.File(partial, "r+")
+def _finished_groups(partial: Path, identity: Dict[str, object], resume: bool,
+                     group_names: List[str]) -> Dict[str, Augmented]:
+    """The complete generator groups of an interrupted run's partial file, when it was made by
+    these teachers, data, seed and settings (and resume is set); a partial file of others, or
+    an unreadable one, is removed."""
+    if not partial.exists():
+        return {}
+    if not resume:
+        raise DataError(f"{partial} is from an interrupted run; pass --resume to continue it")
+    try:
+        with h5py.File(partial, "r") as h5:
             if all(_same(h5.attrs.get(k), v) for k, v in identity.items()):
-                return h5
-            h5.close()
-        except OSError:
-            pass
-        partial.unlink()
-    h5 = h5py.File(partial, "w")
-    h5.attrs.update({k: v for k, v in identity.items()})
-    return h5
+                return {name: _read_group(h5[name], group_names) for name in h5
+                        if h5[name].attrs.get("complete", False)}
+    except OSError:
+        pass
+    partial.unlink()
+    return {}
 
 
 def _same(saved: object, wanted: object) -> bool:
@@ -390,13 +391,16 @@ def _same(saved: object, wanted: object) -> bool:
     return saved == wanted
 
 
-def _write_group(h5: h5py.File, name: str, part: Augmented) -> None:
-    if name in h5:
-        del h5[name]
-    group = h5.create_group(name)
-    _write_arrays(group, part)
-    group.attrs["complete"] = True
-    h5.flush()
+def _add_group(partial: Path, identity: Dict[str, object], name: str, part: Augmented) -> None:
+    """Add a finished generator's group to the partial file, rewritten whole (atomic_hdf5): a
+    write that fails (disk full) leaves the file as it was, with the groups finished before."""
+    with atomic_hdf5(partial, update=True) as h5:
+        h5.attrs.update(identity)
+        if name in h5:
+            del h5[name]
+        group = h5.create_group(name)
+        _write_arrays(group, part)
+        group.attrs["complete"] = True
 
 
 def _write_arrays(group: h5py.Group, part: Augmented) -> None:
@@ -419,15 +423,13 @@ def _read_group(group: h5py.Group, group_names: List[str]) -> Augmented:
 
 def _write_final(partial: Path, path: Path, augmented: Augmented, identity: Dict[str, object],
                  counts: Dict[str, int], group_names: List[str]) -> None:
-    writing = path.with_name(path.name + ".writing")
-    with h5py.File(writing, "w") as h5:
+    with atomic_hdf5(path) as h5:
         _write_arrays(h5, augmented)
         h5.attrs.update({"format": AUGMENTED_FORMAT, "version": AUGMENTED_VERSION, **identity,
                          "generators": list(GENERATORS), "group_names": list(group_names),
                          "reference_energy": "none", "counts": json.dumps(counts),
                          "energy_unit": "eV", "length_unit": "Angstrom",
                          "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    os.replace(writing, path)
     partial.unlink(missing_ok=True)
 
 

@@ -15,8 +15,11 @@ Layout of `labels.h5` (A atoms, C conformations, M teachers, in the data set's o
            data_fingerprint, n_conformations, n_atoms, energy_unit, length_unit, created, complete
 
 The file is written as `labels.h5.partial` batch by batch, with the number of labelled
-conformations in the attribute `done`; a killed run resumes from there, and only a complete
-file is renamed to `labels.h5`. A partial file whose teachers or data differ is discarded.
+conformations in the attribute `done` (moved only after the batch's rows reached the file); a
+killed run resumes from there, and only a complete file is renamed to `labels.h5`. A partial
+file whose teachers or data differ is discarded. The file's whole space is claimed on disk when
+it is created, so a disk (or file-size limit) too small for the labels stops the stage before
+the teachers run, with WriteError naming the file, not hours into labelling.
 
 Under torchrun each rank labels a contiguous block of conformations into its own file
 (`labels.h5.part-<start>-<stop>`, written as `.partial` with the same `done` counter), and
@@ -27,7 +30,6 @@ are removed only after the merge, so a killed run resumes from whatever blocks s
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,8 @@ import numpy as np
 
 from ..data import AtomsData, GraphData
 from ..errors import DataError
+from ..fileio import (close_quietly, closed_after, failed_write, kept_for_resume, move, replacing, reserve_space,
+                      write_error)
 from ..models import Potential
 from ..training import predict_all
 from ..training.progress import Progress
@@ -57,6 +61,21 @@ class Labels:
     energy_std: np.ndarray
     teacher_sha256: List[str]
 
+    def check(self, path: Path) -> "Labels":
+        """Refuse arrays of inconsistent shapes or with non-finite values (a damaged file)."""
+        n_atoms, n_conf = len(self.atom_energy_mean), len(self.energy_mean)
+        shapes = {"forces_mean": (n_atoms, 3), "forces_std": (n_atoms,), "atom_energy_mean": (n_atoms,),
+                  "energy_mean": (n_conf,), "energy_std": (n_conf,)}
+        for name, shape in shapes.items():
+            values = getattr(self, name)
+            if values.shape != shape or values.dtype.kind != "f":
+                raise DataError(f"{path}: {name} has shape {values.shape} and type {values.dtype}, expected "
+                                f"{shape} floats; delete the file and run the 'label' stage again")
+            if not np.isfinite(values).all():
+                raise DataError(f"{path}: {name} holds non-finite values; delete the file and run the 'label' "
+                                "stage again")
+        return self
+
 
 def data_fingerprint(graph: GraphData | AtomsData, atoms: Optional[slice] = None) -> str:
     """Hash of species and positions: labels belong to exactly these conformations
@@ -71,24 +90,50 @@ def data_fingerprint(graph: GraphData | AtomsData, atoms: Optional[slice] = None
     return digest.hexdigest()[:32]
 
 
+def _datasets(n_conf: int, n_atoms: int, m: int) -> List[Tuple[str, Tuple[int, ...], str]]:
+    """(name, shape, dtype) of every dataset of a labels file."""
+    return [("energy_members", (n_conf, m), "f8"), ("energy_mean", (n_conf,), "f8"),
+            ("energy_std", (n_conf,), "f8"), ("forces_members", (m, n_atoms, 3), "f4"),
+            ("forces_mean", (n_atoms, 3), "f8"), ("forces_std", (n_atoms,), "f8"),
+            ("atom_energy_members", (m, n_atoms), "f4"), ("atom_energy_mean", (n_atoms,), "f8")]
+
+
 def _create(path: Path, n_conf: int, n_atoms: int, names: List[str], hashes: List[str], fingerprint: str,
             source: str) -> h5py.File:
-    m = len(names)
-    h5 = h5py.File(path, "w")
-    h5.attrs.update({"format": LABELS_FORMAT, "version": LABELS_VERSION, "teachers": names,
-                     "teacher_sha256": hashes, "data_source": source, "data_fingerprint": fingerprint,
-                     "n_conformations": n_conf, "n_atoms": n_atoms, "energy_unit": "eV",
-                     "length_unit": "Angstrom", "done": 0, "complete": False,
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    h5.create_dataset("energy_members", (n_conf, m), dtype="f8")
-    h5.create_dataset("energy_mean", (n_conf,), dtype="f8")
-    h5.create_dataset("energy_std", (n_conf,), dtype="f8")
-    h5.create_dataset("forces_members", (m, n_atoms, 3), dtype="f4")
-    h5.create_dataset("forces_mean", (n_atoms, 3), dtype="f8")
-    h5.create_dataset("forces_std", (n_atoms,), dtype="f8")
-    h5.create_dataset("atom_energy_members", (m, n_atoms), dtype="f4")
-    h5.create_dataset("atom_energy_mean", (n_atoms,), dtype="f8")
+    """A new labels file with every dataset's space claimed on disk now (see the module docstring);
+    if the space is not there, the file is removed and WriteError says how much is needed."""
+    datasets = _datasets(n_conf, n_atoms, len(names))
+    needed = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in datasets)
+    try:
+        h5 = h5py.File(path, "w")
+    except OSError as err:
+        raise write_error(path, err) from None
+    try:
+        h5.attrs.update({"format": LABELS_FORMAT, "version": LABELS_VERSION, "teachers": names,
+                         "teacher_sha256": hashes, "data_source": source, "data_fingerprint": fingerprint,
+                         "n_conformations": n_conf, "n_atoms": n_atoms, "energy_unit": "eV",
+                         "length_unit": "Angstrom", "done": 0, "complete": False,
+                         "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        for name, shape, dtype in datasets:
+            h5.create_dataset(name, shape, dtype=dtype, dcpl=_allocated_at_creation())
+        h5.flush()  # HDF5 lengthens the file to hold every dataset (a sparse file)
+        reserve_space(path)  # and the disk's blocks behind it
+    except BaseException as err:
+        close_quietly(h5)
+        path.unlink(missing_ok=True)
+        if failed_write(err):
+            size = f"{needed / 1e6:,.1f} MB" if needed >= 100_000 else f"{needed:,} bytes"
+            raise write_error(path, err, f"it needs about {size} and was removed") from None
+        raise
     return h5
+
+
+def _allocated_at_creation() -> h5py.h5p.PropDCID:
+    """Dataset creation properties that allocate the dataset's space in the file when it is created
+    (HDF5's default waits for the first write, so the file would grow while labelling)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
 
 
 def _open_partial(path: Path, hashes: List[str], fingerprint: str) -> h5py.File | None:
@@ -117,9 +162,9 @@ def write_labels(teachers: List[Potential], names: List[str], hashes: List[str],
     h5 = _open_partial(partial, hashes, fingerprint) if (resume and partial.exists()) else None
     if h5 is None:
         h5 = _create(partial, len(data), data.n_total_atoms, names, hashes, fingerprint, data.source)
-    with h5:
+    with kept_for_resume(h5, partial, "what was labelled before"):
         _label_rows(h5, teachers, graph, 0, len(data), batch_size, progress)
-    os.replace(partial, path)
+    move(partial, path)
     return path
 
 
@@ -135,7 +180,8 @@ def _label_rows(h5: h5py.File, teachers: List[Potential], graph: GraphData, firs
         stop = min(start + batch_size, count)
         _label_chunk(h5, teachers, graph, np.arange(first + start, first + stop), start,
                      int(offsets[first + start]) - base, int(offsets[first + stop]) - base)
-        h5.attrs["done"] = stop
+        h5.flush()  # the rows first: a flush that fails half way must not leave `done` counting them
+        h5.attrs.modify("done", stop)
         h5.flush()
         bar.update(stop - start)
     bar.close()
@@ -220,9 +266,9 @@ def write_label_block(teachers: List[Potential], names: List[str], hashes: List[
     if h5 is None:
         h5 = _create(partial, stop - start, atoms.stop - atoms.start, names, hashes, fingerprint,
                      f"{graph.data.source} [{start}:{stop}]")
-    with h5:
+    with kept_for_resume(h5, partial, "what was labelled before"):
         _label_rows(h5, teachers, graph, first, stop - start, batch_size, progress)
-    os.replace(partial, block)
+    move(partial, block)
     return block
 
 
@@ -230,39 +276,43 @@ def merge_label_blocks(path: Path, blocks: Sequence[Tuple[int, int, int]], names
                        fingerprint: str, source: str, n_conformations: int, n_atoms: int,
                        rows_per_copy: int = 1 << 18) -> Path:
     """Join the complete block files (start, stop, first atom) into `path`, written under a
-    temporary name and renamed; the block files are removed afterwards. Memory is bounded by
-    `rows_per_copy` rows."""
+    temporary name and renamed; the block files are removed afterwards (and kept when the merge
+    fails). Memory is bounded by `rows_per_copy` rows."""
     path = Path(path)
-    merging = path.with_name(path.name + ".merging")
-    h5 = _create(merging, n_conformations, n_atoms, names, hashes, fingerprint, source)
-    with h5:
-        for start, stop, a0 in blocks:
-            block = block_path(path, start, stop)
-            try:
-                part = h5py.File(block, "r")
-            except OSError as err:
-                raise DataError(f"{block}: label block missing or unreadable ({err})") from None
-            with part:
-                if not part.attrs.get("complete", False) or [str(h) for h in part.attrs["teacher_sha256"]] != hashes:
-                    raise DataError(f"{block}: not a complete label block of these teachers")
-                for name in ("energy_members", "energy_mean", "energy_std"):
-                    for r in range(0, stop - start, rows_per_copy):
-                        rows = slice(r, min(r + rows_per_copy, stop - start))
-                        h5[name][start + rows.start:start + rows.stop] = part[name][rows]
-                n = part["forces_mean"].shape[0]
-                for r in range(0, n, rows_per_copy):
-                    rows = slice(r, min(r + rows_per_copy, n))
-                    target = slice(a0 + rows.start, a0 + rows.stop)
-                    for name in ("forces_mean", "forces_std", "atom_energy_mean"):
-                        h5[name][target] = part[name][rows]
-                    for name in ("forces_members", "atom_energy_members"):
-                        h5[name][:, target] = part[name][:, rows]
-        h5.attrs["done"] = n_conformations
-        h5.attrs["complete"] = True
-    os.replace(merging, path)
+    with replacing(path, path.with_name(path.name + ".merging")) as merging:
+        h5 = _create(merging, n_conformations, n_atoms, names, hashes, fingerprint, source)
+        with closed_after(h5):
+            for start, stop, a0 in blocks:
+                _copy_block(h5, block_path(path, start, stop), start, stop, a0, hashes, rows_per_copy)
+            h5.attrs["done"] = n_conformations
+            h5.attrs["complete"] = True
     for leftover in interrupted_label_files(path):
         leftover.unlink()
     return path
+
+
+def _copy_block(h5: h5py.File, block: Path, start: int, stop: int, a0: int, hashes: List[str],
+                rows_per_copy: int) -> None:
+    """The rows of the complete block file of conformations [start, stop), whose atoms begin at a0."""
+    try:
+        part = h5py.File(block, "r")
+    except OSError as err:
+        raise DataError(f"{block}: label block missing or unreadable ({err})") from None
+    with part:
+        if not part.attrs.get("complete", False) or [str(h) for h in part.attrs["teacher_sha256"]] != hashes:
+            raise DataError(f"{block}: not a complete label block of these teachers")
+        for name in CONFORMATION_LABELS:
+            for r in range(0, stop - start, rows_per_copy):
+                rows = slice(r, min(r + rows_per_copy, stop - start))
+                h5[name][start + rows.start:start + rows.stop] = part[name][rows]
+        n = part["forces_mean"].shape[0]
+        for r in range(0, n, rows_per_copy):
+            rows = slice(r, min(r + rows_per_copy, n))
+            target = slice(a0 + rows.start, a0 + rows.stop)
+            for name in ATOM_LABELS:
+                h5[name][target] = part[name][rows]
+            for name in MEMBER_LABELS:
+                h5[name][:, target] = part[name][:, rows]
 
 
 def check_labels(path: Path, hashes: List[str], fingerprint: Optional[str] = None) -> None:
@@ -283,18 +333,30 @@ def read_labels(path: Path, graph: GraphData | None = None, hashes: List[str] | 
         h5 = h5py.File(path, "r")
     except OSError as err:
         raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
-    with h5:
-        if h5.attrs.get("format") != LABELS_FORMAT or not h5.attrs.get("complete", False):
-            raise DataError(f"{path}: not a complete ekd labels file")
-        file_hashes = [str(h) for h in h5.attrs["teacher_sha256"]]
-        if hashes is not None and file_hashes != list(hashes):
-            raise DataError(f"{path}: labels were made by other teachers than the run's; delete the file "
-                            "and run the 'label' stage again")
-        if fingerprint is None and graph is not None:
-            fingerprint = data_fingerprint(graph)
-        if fingerprint is not None and h5.attrs.get("data_fingerprint") != fingerprint:
-            raise DataError(f"{path}: labels were made for other data (fingerprint differs)")
-        conformations, atoms = part if part is not None else (slice(None), slice(None))
-        return Labels(forces_mean=h5["forces_mean"][atoms], forces_std=h5["forces_std"][atoms],
-                      atom_energy_mean=h5["atom_energy_mean"][atoms], energy_mean=h5["energy_mean"][conformations],
-                      energy_std=h5["energy_std"][conformations], teacher_sha256=file_hashes)
+    try:
+        with h5:
+            labels = _labels_of(h5, path, hashes, graph, fingerprint, part)
+    except DataError:
+        raise
+    except Exception as err:  # h5py and numpy raise many types on a damaged file
+        raise DataError(f"{path}: a damaged labels file ({type(err).__name__}: {str(err)[:200]}); delete it and "
+                        "run the 'label' stage again") from None
+    return labels.check(path)
+
+
+def _labels_of(h5: h5py.File, path: Path, hashes: List[str] | None, graph: GraphData | None,
+           fingerprint: Optional[str], part: Optional[Tuple[slice, slice]]) -> Labels:
+    if h5.attrs.get("format") != LABELS_FORMAT or not h5.attrs.get("complete", False):
+        raise DataError(f"{path}: not a complete ekd labels file")
+    file_hashes = [str(h) for h in h5.attrs["teacher_sha256"]]
+    if hashes is not None and file_hashes != list(hashes):
+        raise DataError(f"{path}: labels were made by other teachers than the run's; delete the file "
+                        "and run the 'label' stage again")
+    if fingerprint is None and graph is not None:
+        fingerprint = data_fingerprint(graph)
+    if fingerprint is not None and h5.attrs.get("data_fingerprint") != fingerprint:
+        raise DataError(f"{path}: labels were made for other data (fingerprint differs)")
+    conformations, atoms = part if part is not None else (slice(None), slice(None))
+    return Labels(forces_mean=h5["forces_mean"][atoms], forces_std=h5["forces_std"][atoms],
+                  atom_energy_mean=h5["atom_energy_mean"][atoms], energy_mean=h5["energy_mean"][conformations],
+                  energy_std=h5["energy_std"][conformations], teacher_sha256=file_hashes)

@@ -13,12 +13,13 @@ provenance of every conformation beside its labels:
             attrs: name (molecule or cluster)
     attrs: format, version, round, oracle, level, program, reasons, created, energy_unit, length_unit
 
-Every file is written whole to a temporary name and renamed into place.
+Every file is built in memory and written whole to a temporary name, then renamed into place
+(`fileio.atomic_hdf5`: a write that fails, disk full, leaves the previous file and raises
+WriteError naming it).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -28,6 +29,7 @@ import numpy as np
 
 from ..data import AtomsData
 from ..errors import DataError
+from ..fileio import atomic_hdf5
 
 ADDITIONS_FORMAT = "ekd-additions"
 ADDITIONS_VERSION = 1
@@ -36,15 +38,13 @@ ADDITIONS_VERSION = 1
 def write_arrays(path: Path, arrays: Dict[str, np.ndarray], attrs: Dict[str, object]) -> None:
     """An HDF5 file of flat arrays and attributes, written atomically."""
     path = Path(path)
-    writing = path.with_name(path.name + ".writing")
-    with h5py.File(writing, "w") as h5:
+    with atomic_hdf5(path) as h5:
         for key, value in arrays.items():
             if value.dtype.kind in "UO":
                 h5.create_dataset(key, data=np.asarray(value, dtype=object), dtype=h5py.string_dtype())
             else:
                 h5.create_dataset(key, data=value)
         h5.attrs.update(attrs)
-    os.replace(writing, path)
 
 
 def read_arrays(path: Path, keys: List[str]) -> tuple[Dict[str, np.ndarray], Dict[str, object]]:
@@ -74,13 +74,12 @@ def write_additions(path: Path, data: AtomsData, energy: np.ndarray, forces: np.
                     provenance: Dict[str, np.ndarray], attrs: Dict[str, object]) -> None:
     """The labelled conformations in the ANI-1x layout, grouped by molecule and atom order."""
     path = Path(path)
-    writing = path.with_name(path.name + ".writing")
     offsets = data.offsets
     keys: Dict[tuple, List[int]] = {}
     for c in range(len(data)):
         species = tuple(int(z) for z in data.species[offsets[c]:offsets[c + 1]])
         keys.setdefault((data.group_names[data.group[c]], species), []).append(c)
-    with h5py.File(writing, "w") as h5:
+    with atomic_hdf5(path) as h5:
         used: Dict[str, int] = {}
         for (name, species), rows in keys.items():
             used[name] = used.get(name, 0) + 1
@@ -97,7 +96,6 @@ def write_additions(path: Path, data: AtomsData, energy: np.ndarray, forces: np.
                 group.create_dataset(key, data=value[rows])
         h5.attrs.update({"format": ADDITIONS_FORMAT, "version": ADDITIONS_VERSION, "energy_unit": "eV",
                          "length_unit": "Angstrom", "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **attrs})
-    os.replace(writing, path)
 
 
 def count_additions(path: Path) -> int:

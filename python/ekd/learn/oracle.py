@@ -19,7 +19,6 @@ import importlib
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from ase import Atoms
 
 from ..data.units import BOHR_ANGSTROM as BOHR, HARTREE_EV as HARTREE
 from ..errors import ConfigError, DataError
+from ..fileio import replacing
 from ..training.progress import Progress
 
 SCF_CONV_TOL = 1e-10           # Hartree
@@ -219,11 +219,11 @@ def read_call(path: Path) -> CallResult:
 
 
 def _write_call(path: Path, result: CallResult) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "wb") as stream:
+    # the temporary name is this process's (calls run in parallel workers) and matches the
+    # leftovers run_calls removes
+    with replacing(path, path.with_name(f"{path.name}.{os.getpid()}.tmp")) as tmp, open(tmp, "wb") as stream:
         np.savez(stream, ok=result.ok, energy=result.energy, forces=result.forces, seconds=result.seconds,
                  message=result.message)
-    os.replace(tmp, path)
 
 
 def one_call(name: str, options_json: str, species: np.ndarray, positions: np.ndarray, path: str) -> CallResult:

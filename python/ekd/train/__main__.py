@@ -9,8 +9,9 @@ Without CONFIG the whole method runs on the embedded CCSD(T) data set with the d
 of `ekd/configs/default.toml`. Under `torchrun --nproc_per_node K -m ekd.train ...` it runs on
 K processes (docs/distributed.md).
 
-Exit codes: 0 done; 2 bad input or configuration (the message names the file or key);
-130 interrupted (continue with --resume).
+Exit codes: 0 done; 2 bad input or configuration (the message names the file or key), or a
+result file that could not be written (disk full: the message names the file; the last complete
+checkpoint and labels are kept, continue with --resume); 130 interrupted (continue with --resume).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import DEFAULT_CONFIG, config_to_toml, load_config
-from ..errors import EkdError
+from ..errors import EkdError, WriteError
+from ..fileio import NO_ROOM
 from ..training.distributed import Context, from_environment
 from .method import STAGES, adopt_teachers, on_main, run_stages
 
@@ -71,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-        if isinstance(err, EkdError):
+        if isinstance(err, EkdError) or no_room(err):
             if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, before the ranks connected: say it once
-                print(f"error: {err}", file=sys.stderr)
+                print(f"error: {message(err)}", file=sys.stderr)
             return 2
         if isinstance(err, KeyboardInterrupt):
             print("\ninterrupted; continue with --resume", file=sys.stderr)
@@ -82,6 +84,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if dist is not None:
         dist.close()
     return 0
+
+
+def no_room(err: BaseException) -> bool:
+    """A write that found the disk full outside ekd's own writers (which raise WriteError), e.g. a plot."""
+    return isinstance(err, OSError) and err.errno in NO_ROOM
+
+
+def message(err: BaseException) -> str:
+    """The one line that explains `err` (an EkdError, or a write with no room)."""
+    if isinstance(err, WriteError):
+        return f"{err}. Free some space, then continue with --resume"
+    if isinstance(err, OSError):
+        return (f"could not write {err.filename or 'a file'}: {err.strerror} (disk full or file-size limit?); "
+                "checkpoints and labels are kept. Free some space, then continue with --resume")
+    return str(err)
 
 
 if __name__ == "__main__":
