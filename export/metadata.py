@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,17 +69,23 @@ class Metadata:
         """The metadata of the file at `path`, checked; errors name the file and the key."""
         if not text:
             raise ModelFileError(f"{path}: a TorchScript file but not an ekd model (no {METADATA_NAME})")
+        if len(text) > MAX_METADATA_BYTES:
+            raise ModelFileError(f"{path}: {METADATA_NAME} has {len(text)} bytes, more than ekd metadata ever "
+                                 f"holds ({MAX_METADATA_BYTES} at most)")
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as err:
             raise ModelFileError(f"{path}: {METADATA_NAME} is not valid JSON ({err})") from None
+        except UnicodeDecodeError as err:
+            raise ModelFileError(f"{path}: {METADATA_NAME} is not UTF-8 text ({err.reason} at byte {err.start})") \
+                from None
         except RecursionError:
             raise ModelFileError(f"{path}: {METADATA_NAME} is nested too deeply to be ekd metadata") from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ModelFileError(f"{path}: not an ekd model ({METADATA_NAME} has no format '{FORMAT}')")
         version = raw.get("format_version", 0)
         if isinstance(version, bool) or not isinstance(version, int):
-            raise ModelFileError(f"{path}: {METADATA_NAME}: key format_version must be an integer, got {version!r}")
+            raise ModelFileError(f"{path}: {METADATA_NAME}: key format_version must be an integer, got {_short(version)}")
         if version > FORMAT_VERSION:
             raise ModelFileError(f"{path}: format version {raw['format_version']} is newer than this ekd "
                                  f"reads ({FORMAT_VERSION}); upgrade ekd")
@@ -96,6 +103,23 @@ class Metadata:
         except (TypeError, ValueError) as err:
             raise ModelFileError(f"{path}: {METADATA_NAME}: {err}") from None
         return metadata
+
+
+# Real metadata hold a few kB (an ensemble's provenance included); the pair style has the same limit.
+MAX_METADATA_BYTES = 1 << 20
+# Bounds far beyond any real model, so a damaged file cannot ask for a graph that fills the memory
+# (the pair style checks the same ones).
+MAX_CUTOFF = 30.0
+BOUNDS = [("cutoff", 1e-3, MAX_CUTOFF), ("num_interactions", 1, 64), ("members", 1, 4096),
+          ("min_distance", 0.0, MAX_CUTOFF), ("receptive_field", 0.0, 64 * MAX_CUTOFF),
+          ("uncertainty_scale", 1e-300, 1e300)]
+def _short(value: Any) -> str:
+    """A value as an error message quotes it: a 20 MB string or a deep list cut short."""
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = 40
+    shortener.maxlist = shortener.maxdict = 4
+    shortener.maxlevel = 2
+    return shortener.repr(value)
 
 
 # The JSON type of every key (bool is not a number here, though Python says it is an int).
@@ -125,13 +149,21 @@ def _check_types(metadata: Metadata) -> None:
         value = getattr(metadata, key)
         if not _has_type(value, expected):
             name = expected if isinstance(expected, str) else f"a {expected.__name__}"
-            raise ValueError(f"key {key} must be {name}, got {value!r}")
+            raise ValueError(f"key {key} must be {name}, got {_short(value)}")
     if metadata.dtype not in ("float32", "float64"):
-        raise ValueError(f"key dtype must be float32 or float64, got {metadata.dtype!r}")
-    if not 0 < metadata.cutoff < float("inf"):
-        raise ValueError(f"key cutoff must be positive, got {metadata.cutoff!r}")
-    if metadata.members < 1 or metadata.num_interactions < 1:
-        raise ValueError("keys members and num_interactions must be at least 1")
+        raise ValueError(f"key dtype must be float32 or float64, got {_short(metadata.dtype)}")
+    for key, least, most in BOUNDS:
+        value = getattr(metadata, key)
+        if not least <= value <= most:  # NaN fails too
+            raise ValueError(f"key {key} must be from {least} to {most}, got {_short(value)}")
+    if not metadata.min_distance <= metadata.cutoff:
+        raise ValueError(f"key min_distance must be at most the cutoff, got {_short(metadata.min_distance)}")
+    if not metadata.receptive_field <= metadata.num_interactions * metadata.cutoff * (1 + 1e-9):
+        raise ValueError(f"key receptive_field must be at most num_interactions x cutoff, got "
+                         f"{_short(metadata.receptive_field)}")
+    if len(metadata.elements) > 118 or not all(1 <= len(symbol) <= 2 and symbol.isascii() and symbol.isalpha()
+                                                         for symbol in metadata.elements):
+        raise ValueError(f"key elements must list chemical symbols, got {_short(metadata.elements)}")
 
 
 def make_metadata(model: Potential, dtype: torch.dtype, checkpoint_sha256: List[str],

@@ -5,6 +5,7 @@
 #include "ekd_json.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -53,7 +54,13 @@ class Reader {
 
   [[noreturn]] void fail(const std::string &what) const
   {
-    std::string got = pos_ < s_.size() ? std::string("'") + s_[pos_] + "'" : "end of text";
+    std::string got = "end of text";
+    if (pos_ < s_.size()) {    // a byte outside printable ASCII is shown by its code: messages stay valid UTF-8
+      const unsigned char c = static_cast<unsigned char>(s_[pos_]);
+      char code[8];
+      std::snprintf(code, sizeof code, "0x%02X", c);
+      got = (c >= 0x20 && c < 0x7f) ? std::string("'") + s_[pos_] + "'" : std::string("byte ") + code;
+    }
     throw std::runtime_error("invalid JSON at byte " + std::to_string(pos_) + ": expected " +
                              what + ", found " + got);
   }
@@ -309,6 +316,9 @@ class Reader {
 
 FlatJson parse_flat_json(const std::string &text)
 {
+  if (text.size() > kMaxMetadataBytes)
+    throw std::runtime_error("it has " + std::to_string(text.size()) + " bytes, more than ekd metadata ever holds (" +
+                             std::to_string(kMaxMetadataBytes) + " at most)");
   Reader reader(text);
   return reader.read_document();
 }

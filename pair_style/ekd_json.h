@@ -30,8 +30,12 @@ struct FlatJson {
   bool has_number_list(const std::string &key) const { return number_lists.count(key) != 0; }
 };
 
+/// Real metadata hold a few kB; longer text is refused before parsing (Python reader: the same limit).
+constexpr size_t kMaxMetadataBytes = size_t(1) << 20;
+
 /// Parse `text` as one JSON object. Throws std::runtime_error naming the byte offset
-/// and what was expected when the text is not valid JSON or not an object.
+/// and what was expected when the text is not valid JSON or not an object, or is longer
+/// than kMaxMetadataBytes.
 FlatJson parse_flat_json(const std::string &text);
 
 }    // namespace ekd

@@ -16,16 +16,19 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 
 using namespace LAMMPS_NS;
 using ekd::first_line;
 using ekd::join;
+using ekd::shown;
 
 namespace {
 // 2 added atom_uncertainty / forward_with_uncertainty (CONTRACT.md); files of version 1 still load
 constexpr int EKD_FORMAT_VERSION = 2;
+constexpr double kMaxCutoff = 30.0;    // Angstrom; export/metadata.py has the same bound
 }    // namespace
 
 EKDModel::EKDModel(LAMMPS *lmp) :
@@ -119,19 +122,35 @@ void EKDModel::read_metadata(const std::string &json_text)
       error->all(FLERR, "pair_style ekd: the ekd.json metadata of {} has no number '{}'", path, name);
     return meta.numbers[name];
   };
+  // bounds far beyond any real model, so a damaged file cannot ask for a ghost shell or graph
+  // that fills the memory; checked before any cast (a cast of 1e308 or NaN to int is undefined)
+  auto in_range = [&](const char *name, double value, double least, double most, bool whole) {
+    if (!(value >= least && value <= most) || (whole && value != std::floor(value)))
+      error->all(FLERR, "pair_style ekd: {} has {} {} in ekd.json; expected a {} from {} to {}", path, name,
+                 value, whole ? "whole number" : "number", least, most);
+    return value;
+  };
   if (!meta.has_string_list("elements") || meta.string_lists["elements"].empty())
     error->all(FLERR, "pair_style ekd: the ekd.json metadata of {} has no list 'elements'", path);
   elements = meta.string_lists["elements"];
-  cutoff = need_number("cutoff");
-  num_interactions = static_cast<int>(need_number("num_interactions"));
-  if (!(cutoff > 0.0) || num_interactions < 1)
-    error->all(FLERR, "pair_style ekd: {} has cutoff {} and num_interactions {}; both must be positive",
-               path, cutoff, num_interactions);
-  receptive_field = meta.has_number("receptive_field") ? meta.numbers["receptive_field"] : 0.0;
-  receptive_field = std::max(receptive_field, num_interactions * cutoff);
-  min_distance = meta.has_number("min_distance") ? meta.numbers["min_distance"] : 0.0;
-  members = meta.has_number("members") ? static_cast<int>(meta.numbers["members"]) : 1;
-  model_kind = meta.has_string("model_kind") ? meta.strings["model_kind"] : "unknown kind";
+  if (elements.size() > 118)
+    error->all(FLERR, "pair_style ekd: {} lists {} elements in ekd.json; there are 118", path, elements.size());
+  for (const auto &symbol : elements)
+    if (symbol.empty() || symbol.size() > 2 ||
+        !std::all_of(symbol.begin(), symbol.end(), [](char c) { return std::isalpha(static_cast<unsigned char>(c)); }))
+      error->all(FLERR, "pair_style ekd: {} lists '{}' in ekd.json's elements; expected chemical symbols", path,
+                 shown(symbol));
+  cutoff = in_range("cutoff", need_number("cutoff"), 1e-3, kMaxCutoff, false);
+  num_interactions = static_cast<int>(in_range("num_interactions", need_number("num_interactions"), 1, 64, true));
+  receptive_field = num_interactions * cutoff;
+  if (meta.has_number("receptive_field"))    // the exporter writes num_interactions x cutoff
+    in_range("receptive_field", meta.numbers["receptive_field"], 0.0, receptive_field * (1 + 1e-9), false);
+  min_distance = meta.has_number("min_distance") ? in_range("min_distance", meta.numbers["min_distance"], 0.0,
+                                                            cutoff, false)
+                                                 : 0.0;
+  members = meta.has_number("members") ? static_cast<int>(in_range("members", meta.numbers["members"], 1, 4096, true))
+                                       : 1;
+  model_kind = meta.has_string("model_kind") ? shown(meta.strings["model_kind"]) : "unknown kind";
   exchange_widths.clear();
   if (meta.has_number_list("exchange_features"))
     for (double width : meta.number_lists["exchange_features"]) {
@@ -149,7 +168,9 @@ void EKDModel::read_metadata(const std::string &json_text)
     error->all(FLERR, "pair_style ekd: {} has a non-boolean atom_uncertainty in ekd.json; expected true "
                "or false", path);
   atom_uncertainty = meta.has_boolean("atom_uncertainty") && meta.booleans["atom_uncertainty"];
-  uncertainty_scale = meta.has_number("uncertainty_scale") ? meta.numbers["uncertainty_scale"] : 1.0;
+  uncertainty_scale = meta.has_number("uncertainty_scale")
+                          ? in_range("uncertainty_scale", meta.numbers["uncertainty_scale"], 1e-300, 1e300, false)
+                          : 1.0;
 
   dtype_name = meta.has_string("dtype") ? meta.strings["dtype"] : "";
   if (dtype_name == "float64")
@@ -158,14 +179,14 @@ void EKDModel::read_metadata(const std::string &json_text)
     dtype = torch::kFloat32;
   else
     error->all(FLERR, "pair_style ekd: {} has dtype '{}' in ekd.json; expected float32 or float64",
-               path, dtype_name);
+               path, shown(dtype_name));
 
   // every file in eV and Angstrom, so a committee's units always match the driving model's
   for (const char *unit_key : {"energy_unit", "length_unit"}) {
     const char *expected = std::strcmp(unit_key, "energy_unit") == 0 ? "eV" : "Angstrom";
     if (meta.has_string(unit_key) && meta.strings[unit_key] != expected)
       error->all(FLERR, "pair_style ekd: {} has {} '{}'; format versions 1 and 2 require '{}'",
-                 path, unit_key, meta.strings[unit_key], expected);
+                 path, unit_key, shown(meta.strings[unit_key]), expected);
   }
 }
 

@@ -16,7 +16,21 @@ inline std::string first_line(const char *what)
   std::string s(what ? what : "");
   auto nl = s.find('\n');
   if (nl != std::string::npos) s.resize(nl);
+  for (char &c : s)    // torch quotes bytes of damaged files: messages stay valid UTF-8
+    if (static_cast<unsigned char>(c) >= 0x7f || static_cast<unsigned char>(c) < 0x20) c = '?';
   return s;
+}
+
+// a value from a file as a message quotes it: cut short (a damaged file's megabyte string), bytes
+// outside printable ASCII as '?' (LAMMPS's messages, and Python's view of them, stay valid UTF-8)
+inline std::string shown(const std::string &value)
+{
+  std::string out;
+  for (size_t k = 0; k < value.size() && k < 40; ++k) {
+    const unsigned char c = static_cast<unsigned char>(value[k]);
+    out += (c >= 0x20 && c < 0x7f) ? value[k] : '?';
+  }
+  return value.size() <= 40 ? out : out + "... (" + std::to_string(value.size()) + " bytes)";
 }
 
 inline std::string join(const std::vector<std::string> &items)

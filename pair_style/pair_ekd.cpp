@@ -667,10 +667,12 @@ void PairEKD::write_back()
 
   const double *g = edge_grad_out.data_ptr<double>();
   const size_t n_edges = graph.edge_i.size();
+  double total = model_energy;    // NaN or infinity anywhere makes it non-finite
   for (size_t e = 0; e < n_edges; ++e) {
     const int i = graph.edge_i[e];
     const int j = graph.edge_j[e];
     const double gx = s * g[3 * e], gy = s * g[3 * e + 1], gz = s * g[3 * e + 2];
+    total += gx + gy + gz;
     f[i][0] += gx;
     f[i][1] += gy;
     f[i][2] += gz;
@@ -689,4 +691,7 @@ void PairEKD::write_back()
         }
     }
   }
+  if (!std::isfinite(total))    // damaged weights, or dynamics far outside the training data
+    error->one(FLERR, "pair_style ekd: the model {} gave a non-finite energy or forces at step {} (damaged "
+               "weights, or a structure far outside its training data)", model_file, update->ntimestep);
 }

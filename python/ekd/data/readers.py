@@ -14,6 +14,7 @@ Supported layouts (`format`):
 from __future__ import annotations
 
 import os
+from typing import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,11 +79,25 @@ def read_data(spec: DataSpec, report: ReadReport | None = None) -> AtomsData:
     readers = {"ani": _read_ani, "npz": _read_npz, "ase": _read_ase}
     if fmt not in readers:
         raise DataError(f"{path}: unknown data format {spec.format!r}; known: {', '.join(FORMATS)}")
-    data = readers[fmt](path, spec, report)
+    data = _read_untrusted(readers[fmt], fmt, path, spec, report)
     if spec.additions:
         extra = [read_data(DataSpec(path=str(p), **ADDITIONS_KEYS), report) for p in spec.additions]
         data = concatenate([data, *extra], f"{path} + {len(extra)} additions file(s)")
     return data.validate()
+
+
+def _read_untrusted(reader: Callable[[Path, DataSpec, ReadReport], AtomsData], fmt: str, path: Path,
+                    spec: DataSpec, report: ReadReport) -> AtomsData:
+    """One reader on a file that may be damaged: whatever h5py, zipfile, zlib, numpy or ase.io
+    raise on bytes they cannot make sense of becomes a DataError naming the file (found by
+    examples/hardening/fuzz_files.py: a damaged file is read lazily, past the readers' own checks)."""
+    try:
+        return reader(path, spec, report)
+    except DataError:
+        raise
+    except Exception as err:
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"{path}: damaged, or not a {fmt} data file ({type(err).__name__}: {detail})") from None
 
 
 def _format_from_suffix(path: Path) -> str:
@@ -214,6 +229,16 @@ def _read_npz(path: Path, spec: DataSpec, report: ReadReport) -> AtomsData:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable .npz archive ({err})") from None
+    try:
+        return _npz_data(archive, path, spec)
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise
+        raise DataError(f"{path}: an array holds Python objects (pickles), which ekd never loads: unpickling "
+                        "can run code; store numbers and strings only") from None
+
+
+def _npz_data(archive: np.lib.npyio.NpzFile, path: Path, spec: DataSpec) -> AtomsData:
     with archive:
         energy_key = spec.energy_key or "E"
         for key in ("R", "z", energy_key):
@@ -271,6 +296,8 @@ def _frame_forces(atoms: object, key: str) -> np.ndarray | None:
 def _read_ase(path: Path, spec: DataSpec, report: ReadReport) -> AtomsData:
     import ase.io
 
+    if path.suffix.lower() in (".xyz", ".extxyz"):
+        _check_xyz_counts(path)
     try:
         frames = ase.io.read(path, index=":")
     except Exception as err:  # ase raises many types for unreadable files
@@ -303,6 +330,22 @@ def _read_ase(path: Path, spec: DataSpec, report: ReadReport) -> AtomsData:
         source=str(path),
     )
     return _convert_units(data, spec, default_energy="eV")
+
+
+def _check_xyz_counts(path: Path) -> None:
+    """Refuse a frame header asking for more atoms than lines follow: ase.io's XYZ reader would
+    read past the end a trillion times for a damaged count of 999999999999 (found by fuzzing)."""
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    k = 0
+    while k < len(lines) and lines[k].strip():
+        try:
+            count = int(lines[k])
+        except ValueError:
+            return  # not a count: ase.io says what it expected
+        if count < 0 or count > len(lines) - k - 2:
+            raise DataError(f"{path} line {k + 1}: a frame of {count} atoms, but {len(lines) - k - 2} lines follow")
+        k += count + 2
 
 
 # ---- units ------------------------------------------------------------------------------------

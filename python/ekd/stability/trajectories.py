@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import EkdError
+from ..errors import EkdError, NonFiniteOutput
 from .criterion import FailureCriterion, covalent_bonds, frame_failure
 
 
@@ -99,7 +99,7 @@ def run_trajectory(calculator: Any, molecule: Molecule, molecule_index: int, see
         if step > 0:
             try:
                 dynamics.step()
-            except (RuntimeError, ValueError, FloatingPointError) as err:  # e.g. NaN positions in the neighbour list
+            except (RuntimeError, ValueError, FloatingPointError, NonFiniteOutput) as err:  # e.g. NaN positions
                 return result(step, f"the MD step failed: {type(err).__name__}: {err}")
         energy = float(atoms.get_potential_energy())
         reason = frame_failure(atoms.positions, energy, previous, bonds, molecule.species, criterion)
