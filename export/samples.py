@@ -22,11 +22,11 @@ class SampleGraph:
 def graph_of(species: np.ndarray, positions: np.ndarray, cutoff: float, cell: np.ndarray | None = None
              ) -> SampleGraph:
     """The contract graph of one structure (periodic when `cell` is given); every atom local."""
-    from ase.neighborlist import primitive_neighbor_list
+    from ekd.data.neighbors import neighbor_list
 
     pbc = np.array([cell is not None] * 3)
-    box = cell if cell is not None else np.eye(3) * 1.0
-    i, j, shift = primitive_neighbor_list("ijS", pbc, box, positions, cutoff, self_interaction=False)
+    box = np.asarray(cell, dtype=np.float64) if cell is not None else np.zeros((3, 3))
+    i, j, shift = neighbor_list(positions, box, pbc, cutoff)
     vectors = positions[j] - positions[i] + shift @ box
     return SampleGraph(torch.as_tensor(vectors), torch.as_tensor(i, dtype=torch.long),
                        torch.as_tensor(j, dtype=torch.long), torch.as_tensor(species, dtype=torch.long),

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 
 from ekd.calculator import EKDCalculator
 from ekd.errors import ModelFileError
@@ -83,7 +84,7 @@ def test_stress_is_the_strain_derivative(model_files: dict) -> None:
 
 def test_ensemble_spread(model_files: dict) -> None:
     atoms = water_box()
-    atoms.calc = EKDCalculator(str(model_files["ensemble"]))
+    atoms.calc = EKDCalculator(str(model_files["ensemble"]), uncertainty=True)
     energy = atoms.get_potential_energy()
     results = atoms.calc.results
     assert results["member_energies"].mean() == pytest.approx(energy, rel=1e-12)
@@ -104,7 +105,8 @@ def test_student_uncertainty(model_files: dict) -> None:
     atoms = water_box()
     atoms.calc = EKDCalculator(str(model_files["student"]))
     atoms.get_potential_energy()
-    got = atoms.calc.results["atom_uncertainty"]
+    assert "atom_uncertainty" not in atoms.calc.results          # only calls that ask pay for it
+    got = atoms.calc.get_property("atom_uncertainty", atoms)
     module = torch.jit.load(str(model_files["student"]))
     g = graph_of(np.array([3 if s == "O" else 0 for s in atoms.get_chemical_symbols()]), atoms.positions,
                  atoms.calc.cutoff, np.asarray(atoms.cell))
@@ -114,6 +116,8 @@ def test_student_uncertainty(model_files: dict) -> None:
     atoms.calc = EKDCalculator(str(model_files["teacher"]))
     atoms.get_potential_energy()
     assert "atom_uncertainty" not in atoms.calc.results
+    with pytest.raises(PropertyNotImplementedError):               # a plain model has none to give
+        atoms.calc.get_property("atom_uncertainty", atoms)
 
 
 def test_atoms_at_the_same_position_are_refused(model_files: dict) -> None:

@@ -5,11 +5,18 @@
     atoms.get_potential_energy(); atoms.get_forces(); atoms.get_stress()  # stress if periodic
 
 Energies in eV, forces in eV/Å, stress in eV/Å³ (ASE units). Files with a per-atom
-uncertainty also give `atom_uncertainty` (eV/Å, per atom) in `calc.results`: a student's own
-(its uncertainty head, with the scale fitted after training) or, for an exported ensemble, the deviation of its
+uncertainty also give `atom_uncertainty` (eV/Å, per atom): a student's own (its uncertainty
+head, with the scale fitted after training) or, for an exported ensemble, the deviation of its
 members' forces sqrt(mean_k |F_k − mean F|²) — the same number as `forces_std`, which ensembles
 give with `energy_std` (spread of member energies), `member_energies` and `member_forces`.
+As in LAMMPS, only the calls that ask pay for them (15 % of a student's call, every member's
+call for an ensemble): `calc.get_property("atom_uncertainty", atoms)`, or
+`EKDCalculator(..., uncertainty=True)` to have them in `calc.results` after every call.
 Two atoms at the same position (closer than 1e-4 Å) are an error naming both.
+
+Neighbour pairs come from `ekd.data.neighbors.VerletNeighbors`: kept between calls and rebuilt
+only when an atom moved more than half of `skin` (Å, default 1; 0 rebuilds every call), so MD
+pays for a neighbour search every few steps; the results are those of a fresh search.
 """
 
 from __future__ import annotations
@@ -20,18 +27,23 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
-from ase.neighborlist import primitive_neighbor_list
 
+from .data.neighbors import VerletNeighbors
 from .errors import ModelFileError
 from .export import force_deviation
+
+
+# What a file with a per-atom uncertainty (or an ensemble) gives beside energy and forces.
+UNCERTAINTY = ("atom_uncertainty", "energy_std", "forces_std", "member_energies", "member_forces")
 
 
 class EKDCalculator(Calculator):
     """ASE calculator backed by an exported ekd TorchScript file (see export/CONTRACT.md)."""
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "atom_uncertainty"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", *UNCERTAINTY]
 
-    def __init__(self, model_path: str, device: str = "cpu", **kwargs: Any) -> None:
+    def __init__(self, model_path: str, device: str = "cpu", skin: float = 1.0, uncertainty: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ekd.export import load_exported
 
@@ -43,14 +55,15 @@ class EKDCalculator(Calculator):
         self.elements: List[str] = self.model.elements
         self.is_ensemble = self.metadata.is_ensemble
         self._warned_close_contact = False
+        self._neighbors = VerletNeighbors(self.cutoff, skin)
+        self.uncertainty = uncertainty
 
     def _graph(self, atoms: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cell = np.asarray(atoms.cell)
         pbc = np.asarray(atoms.pbc)
         if pbc.any() and np.linalg.matrix_rank(cell) < 3:
             raise ModelFileError("a periodic structure needs a cell with three lattice vectors")
-        i, j, shift = primitive_neighbor_list("ijS", pbc, cell if pbc.any() else np.eye(3), atoms.positions,
-                                              self.cutoff, self_interaction=False)
+        i, j, shift = self._neighbors(atoms.positions, cell, pbc)
         vectors = atoms.positions[j] - atoms.positions[i] + shift @ cell
         return i, j, vectors
 
@@ -73,7 +86,8 @@ class EKDCalculator(Calculator):
         i, j, vectors = self._graph(atoms)
         graph = (torch.as_tensor(vectors), torch.as_tensor(i, dtype=torch.long, device=self.device),
                  torch.as_tensor(j, dtype=torch.long, device=self.device), species, len(atoms))
-        out = self.model.evaluate(*graph, uncertainty=self.metadata.atom_uncertainty)
+        wanted = self.uncertainty or any(name in UNCERTAINTY for name in properties or [])
+        out = self.model.evaluate(*graph, uncertainty=wanted and self.metadata.atom_uncertainty)
         self._warn_close_contacts(vectors)
         results: Dict[str, Any] = {"energy": out.energy, "free_energy": out.energy,
                                    "energies": out.atom_energy.numpy(), "forces": out.forces.numpy()}
@@ -82,7 +96,7 @@ class EKDCalculator(Calculator):
         if atoms.pbc.all():
             stress = -out.virial.numpy() / atoms.get_volume()
             results["stress"] = stress.reshape(9)[[0, 4, 8, 5, 2, 1]]
-        if self.is_ensemble:
+        if self.is_ensemble and wanted:
             results.update(self._spread(*graph))
         self.results = results
 

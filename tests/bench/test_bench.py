@@ -13,8 +13,11 @@ from ekd.bench.__main__ import main
 
 
 def test_quick_benchmark_report(tiny_run: Path, tmp_path: Path) -> None:
-    assert main([str(tiny_run), "--quick", "--models", "student,teacher_0", "--out", str(tmp_path)]) == 0
+    assert main([str(tiny_run), "--quick", "--ase", "--models", "student,teacher_0", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
+    atoms = report["runs"][0]["atoms"]
+    assert set(report["ase_md"]) == {f"student@{atoms}", f"teacher_0@{atoms}"}  # ASE MD beside LAMMPS
+    assert all(0 < seconds < 60 for seconds in report["ase_md"].values())
     assert {r["model"] for r in report["runs"]} == {"student", "teacher_0"}
     for run in report["runs"]:
         assert run["ok"], run["error"]
@@ -23,7 +26,7 @@ def test_quick_benchmark_report(tiny_run: Path, tmp_path: Path) -> None:
         assert math.isfinite(run["overhead"])
     assert report["ratios"] and report["ratios"][0]["speed"] > 0
     assert report["accuracy"]["student"]["energy_rmse"] > 0
-    assert (tmp_path / "bench.md").read_text().count("| student |") == 1
+    assert (tmp_path / "bench.md").read_text().count("| student |") == 2          # LAMMPS table, ASE table
     assert (tmp_path / "bench.png").stat().st_size > 1000
 
 

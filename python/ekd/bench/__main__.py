@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--committee", type=Path, default=None, metavar="FILE",
                         help="also time every single model with `committee FILE every N` (N from --uncertainty, "
                              "default 10), as MODEL+committee")
+    parser.add_argument("--ase", action="store_true",
+                        help="also time MD in ASE (Velocity Verlet through EKDCalculator, one process with the "
+                             "one-rank run's threads) beside the one-rank LAMMPS run")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny check: one small size, 1 rank, 5 steps (used by the test suite)")
     args = parser.parse_args(argv)
@@ -166,7 +169,7 @@ def benchmark(args: argparse.Namespace) -> int:
         "source": " ".join(str(s) for s in args.source), "command": args.command_line,
         "machine": f"{platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}",
         "steps": args.steps, "warmup": args.warmup, "dtype": args.dtype, "accuracy": accuracy,
-        "runs": [], "model_alone": {},
+        "runs": [], "model_alone": {}, "ase_md": {},
     }
     runs = variants(files, metadata, args)
     names = list(runs)
@@ -183,6 +186,8 @@ def benchmark(args: argparse.Namespace) -> int:
                     model, uncertainty = runs[name]
                     if ranks == min(rank_counts) and uncertainty is None:
                         time_alone(report, name, model, box, args.threads or cores, folder)
+                        if args.ase:
+                            time_alone(report, name, model, box, args.threads or cores, folder, ase_md=True)
                     result = asdict(run_md(folder, model, box, elements, ranks, threads, args.steps, args.warmup,
                                            uncertainty=uncertainty))
                     result["model"] = name
@@ -202,15 +207,18 @@ def benchmark(args: argparse.Namespace) -> int:
     return 0 if all(r["ok"] for r in report["runs"]) else 1
 
 
-def time_alone(report: Dict[str, Any], name: str, model: Path, box: Any, threads: int, folder: Path) -> None:
-    """The model alone, just before its LAMMPS run (drift between the two stays small), with the
-    threads of a one-rank run so the overhead compares like with like; the fastest of the repeats."""
-    seconds = time_model_in_child(model, box, threads, folder)
+def time_alone(report: Dict[str, Any], name: str, model: Path, box: Any, threads: int, folder: Path,
+               ase_md: bool = False) -> None:
+    """The model alone (or, `ase_md`, MD in ASE), just before its LAMMPS run (drift between the
+    two stays small), with the threads of a one-rank run so they compare like with like; the
+    fastest of the repeats."""
+    seconds = time_model_in_child(model, box, threads, folder, ase_md)
     if seconds is None:
         return
-    key = f"{name}@{len(box)}"
-    report["model_alone"][key] = min(seconds, report["model_alone"].get(key, seconds))
-    print(f"model alone: {name}, {len(box)} atoms: {seconds * 1e3:.1f} ms/step", flush=True)
+    key, table = f"{name}@{len(box)}", report["ase_md" if ase_md else "model_alone"]
+    table[key] = min(seconds, table.get(key, seconds))
+    print(f"{'ASE MD' if ase_md else 'model alone'}: {name}, {len(box)} atoms: {seconds * 1e3:.1f} ms/step",
+          flush=True)
 
 
 def _annotate(row: Dict[str, Any], model_seconds: float | None) -> None:

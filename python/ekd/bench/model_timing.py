@@ -1,4 +1,6 @@
-"""The exported model alone: TorchScript forward + edge gradients on a box, no LAMMPS.
+"""The exported model alone: TorchScript forward + edge gradients on a box, no LAMMPS; and the
+same model driving MD in ASE (Velocity Verlet through `EKDCalculator`), the Python path users
+take outside LAMMPS.
 
 The graph is the one `pair_style ekd` builds on one MPI rank (every atom a local node,
 periodic images through edge vectors), and the C library's heap is set up as the pair style
@@ -65,12 +67,36 @@ def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup
     return float(np.median(times))
 
 
-def time_model_in_child(model: Path, atoms: Atoms, threads: int, folder: Path) -> Optional[float]:
-    """`time_model` in a child process; None (and the reason printed) if it fails."""
+def time_ase_md(model: Path, atoms: Atoms, threads: int, steps: int = 20, warmup: int = 3) -> float:
+    """Seconds per step of NVE Velocity Verlet (0.25 fs) in ASE with `EKDCalculator` (its
+    neighbour list kept between steps), from the box's positions at 300 K."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    from ..calculator import EKDCalculator
+
+    keep_tensor_memory()
+    torch.set_num_threads(threads)
+    atoms = atoms.copy()
+    atoms.calc = EKDCalculator(str(model))
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dynamics = VelocityVerlet(atoms, timestep=0.25 * units.fs)
+    dynamics.run(warmup)
+    start = time.perf_counter()
+    dynamics.run(steps)
+    return (time.perf_counter() - start) / steps
+
+
+def time_model_in_child(model: Path, atoms: Atoms, threads: int, folder: Path, ase_md: bool = False
+                        ) -> Optional[float]:
+    """`time_model` (or with `ase_md`, `time_ase_md`) in a child process; None (and the reason
+    printed) if it fails."""
     folder.mkdir(parents=True, exist_ok=True)
     box = folder / "box.extxyz"
     ase.io.write(box, atoms)
     command = [sys.executable, "-m", "ekd.bench.model_timing", str(model), str(box), "--threads", str(threads)]
+    command += ["--ase-md"] if ase_md else []
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
@@ -85,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="exported model (.pt)")
     parser.add_argument("box", type=Path, help="periodic box (any file ase.io reads)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--ase-md", action="store_true", help="seconds per step of ASE MD instead")
     args = parser.parse_args(argv)
-    seconds = time_model(args.model, ase.io.read(args.box), threads=args.threads)
+    timer = time_ase_md if args.ase_md else time_model
+    seconds = timer(args.model, ase.io.read(args.box), threads=args.threads)
     print(json.dumps({"seconds": seconds}))
     return 0
 

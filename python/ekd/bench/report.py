@@ -42,7 +42,26 @@ def markdown(report: Dict[str, Any]) -> str:
                   "| atoms | ranks | throughput ratio | memory ratio |", "|---:|---:|---:|---:|"]
         for r in report["ratios"]:
             lines.append(f"| {r['atoms']} | {r['ranks']} | {_f(r['speed'])}× | {_f(r['memory'])} |")
+    lines += _ase_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def _ase_lines(report: Dict[str, Any]) -> List[str]:
+    """ASE MD against the one-rank LAMMPS run of the same model and box (`--ase`)."""
+    if not report.get("ase_md"):
+        return []
+    lines = ["", "MD in ASE (Velocity Verlet through EKDCalculator, one process) against LAMMPS on one rank, "
+             "same model, box and threads:", "",
+             "| model | atoms | ASE katom-step/s | LAMMPS katom-step/s | ASE / LAMMPS |", "|---|---:|---:|---:|---:|"]
+    one_rank = {(r["model"], r["atoms"]): r for r in report["runs"] if r["ok"] and r["ranks"] == 1}
+    for key, seconds in report["ase_md"].items():
+        name, atoms = key.rsplit("@", 1)
+        ase_rate = int(atoms) / seconds / 1e3
+        lammps = one_rank.get((name, int(atoms)))
+        lammps_rate = lammps["katom_step_per_s"] if lammps else None
+        lines.append(f"| {name} | {atoms} | {_f(ase_rate)} | {_f(lammps_rate)} | "
+                     f"{_f(ase_rate / lammps_rate) + '×' if lammps_rate else '—'} |")
+    return lines
 
 
 def _percent(fraction: Any) -> str:
