@@ -20,7 +20,8 @@ TARGET (each damages valid files its own way; see the `Target` subclasses below)
 
 Every case runs in a worker process; a worker that dies counts its case as a crash and a new
 worker continues with the next case, so one run reports every crash. A case that takes longer
-than --timeout seconds counts as a hang. Cases are seeded: `--seed S --first K --cases 1`
+than --timeout seconds counts as a hang, one that raises the worker's peak memory by more than
+--max-memory MB as a memory failure. Cases are seeded: `--seed S --first K --cases 1`
 replays case K. The exit code is 1 if any case crashed, hung or ended in an unclear way.
 
 The test suite runs a few thousand cases over all targets (tests/test_hardening.py); longer
@@ -269,7 +270,7 @@ class PythonArchive(PythonTarget):
 
         from ekd.calculator import EKDCalculator
 
-        calculator = EKDCalculator(path)
+        calculator = EKDCalculator(path, uncertainty=True)  # every method of the file: forward, members, uncertainty
         elements = calculator.model.metadata.elements
         atoms = Atoms([elements[k % len(elements)] for k in range(5)],
                       positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.2, 0], [0, 0, 1.3], [1.0, 1.0, 1.0]])
@@ -484,9 +485,21 @@ def worker(args: argparse.Namespace) -> None:
         target = make_target(args.target, args.model, args.run, Path(tmp))
         for k in range(args.first, args.first + args.cases):
             print(json.dumps({"case": k, "start": True}), flush=True)
+            before = _high_water_mb()
             outcome = target.case(np.random.default_rng([args.seed, k]))
-            print(json.dumps({"case": k, "kind": outcome.kind, "detail": outcome.detail}), flush=True)
+            grown = _high_water_mb() - before  # the memory this case took beyond any case before it
+            if grown > args.max_memory:
+                outcome = Outcome("memory", f"took {grown:.0f} MB ({outcome.kind}: {outcome.detail})"[:300])
+            print(json.dumps({"case": k, "kind": outcome.kind, "detail": outcome.detail, "grown_mb": grown}),
+                  flush=True)
     print(json.dumps({"done": True}), flush=True)
+
+
+def _high_water_mb() -> float:
+    """This process's peak resident memory so far (VmHWM), MB."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024.0
 
 
 @dataclass
@@ -495,9 +508,12 @@ class Report:
     cases: int = 0
     kinds: Counter = field(default_factory=Counter)
     refusals: Counter = field(default_factory=Counter)     # the first words of each clear error
-    failures: List[dict] = field(default_factory=list)     # crash, hang, unclear: case and detail
+    failures: List[dict] = field(default_factory=list)     # crash, hang, unclear, memory: case and detail
+    most_memory: Tuple[int, float] = (-1, 0.0)             # the case that raised a worker's peak most, MB
 
-    def add(self, case: int, kind: str, detail: str) -> None:
+    def add(self, case: int, kind: str, detail: str, grown_mb: float = 0.0) -> None:
+        if grown_mb > self.most_memory[1]:
+            self.most_memory = (case, grown_mb)
         self.cases += 1
         self.kinds[kind] += 1
         if kind == CLEAR:
@@ -507,7 +523,8 @@ class Report:
 
     def as_dict(self) -> dict:
         return {"target": self.target, "cases": self.cases, "outcomes": dict(self.kinds),
-                "refusals": dict(self.refusals.most_common()), "failures": self.failures}
+                "refusals": dict(self.refusals.most_common()), "failures": self.failures,
+                "most_memory": {"case": self.most_memory[0], "mb": round(self.most_memory[1], 1)}}
 
 
 def _gist(message: str) -> str:
@@ -531,7 +548,7 @@ def run_cases(args: argparse.Namespace) -> Report:
 
 def worker_command(args: argparse.Namespace, first: int, end: int) -> List[str]:
     command = [sys.executable, __file__, args.target, "--worker", "--model", str(args.model), "--seed",
-               str(args.seed), "--first", str(first), "--cases", str(end - first)]
+               str(args.seed), "--first", str(first), "--cases", str(end - first), "--max-memory", str(args.max_memory)]
     return command + (["--run", str(args.run)] if args.run else [])
 
 
@@ -568,7 +585,7 @@ def _follow(process: subprocess.Popen, timeout: float, report: Report) -> Tuple[
         if message.get("start"):
             running = message["case"]
         else:
-            report.add(message["case"], message["kind"], message["detail"])
+            report.add(message["case"], message["kind"], message["detail"], message.get("grown_mb", 0.0))
             running = None
     return running, "crash"
 
@@ -604,6 +621,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=2026, help="seed of the damage (default 2026)")
     parser.add_argument("--first", type=int, default=0, help="index of the first case (to replay one)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a case counts as a hang")
+    parser.add_argument("--max-memory", type=float, default=1000.0,
+                        help="MB a case may add to a worker's peak memory before it counts as a failure (default 1000)")
     parser.add_argument("--json", type=Path, help="write the report here too")
     parser.add_argument("--progress", action="store_true", help="a line on stderr per worker")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
