@@ -6,6 +6,7 @@
 
 #include "ekd_graph.h"
 #include "ekd_json.h"
+#include "ekd_pickle.h"
 #include "ekd_text.h"
 
 #include "comm.h"
@@ -49,15 +50,26 @@ void EKDModel::load(const std::string &file, const torch::Device &on)
   if (!platform::file_is_readable(path))
     error->all(FLERR, "pair_style ekd: model file {} not found or not readable", path);
 
+  auto unreadable = [&](const std::string &why) {
+    error->all(FLERR,
+               "pair_style ekd: cannot read {} as a TorchScript file (is it a model exported with "
+               "python -m ekd.export, by a torch no newer than this plugin's libtorch {}.{}.{}?): {}",
+               path, TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH, why);
+  };
+  // lengths inside the archive's pickles first: libtorch would allocate a damaged one's length
+  std::string problem;
+  try {
+    problem = ekd::archive_pickle_problem(path);
+    if (!problem.empty()) problem = "a damaged archive: " + problem;
+  } catch (const std::exception &e) {
+    problem = e.what();
+  }
+  if (!problem.empty()) unreadable(first_line(problem.c_str()));
   torch::jit::ExtraFilesMap extra{{"ekd.json", ""}};
   try {
     module = torch::jit::load(path, device, extra);
   } catch (const std::exception &e) {
-    error->all(FLERR,
-               "pair_style ekd: cannot read {} as a TorchScript file (is it a model exported with "
-               "python -m ekd.export, by a torch no newer than this plugin's libtorch {}.{}.{}?): {}",
-               path, TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH,
-               first_line(e.what()));
+    unreadable(first_line(e.what()));
   }
   if (extra["ekd.json"].empty())
     error->all(FLERR,
