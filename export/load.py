@@ -148,6 +148,12 @@ def load_exported(path: Path | str, device: str | torch.device = "cpu") -> Expor
     return ExportedModel(path, module, Metadata.from_json(extra[METADATA_NAME], path), torch.device(device))
 
 
+# What Python's zip reader raises on a damaged archive: a bad structure or checksum, an unknown
+# zip version or compression (NotImplementedError), an "encrypted" flag (RuntimeError), ...
+ZIP_DAMAGE = (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, NotImplementedError,
+              RuntimeError)
+
+
 def _check_pickles(path: Path) -> None:
     """Walk the archive's pickles opcode by opcode (pickletools reads, it never builds or runs
     anything) before torch does: torch's unpickler allocates whatever length a damaged opcode
@@ -158,7 +164,7 @@ def _check_pickles(path: Path) -> None:
                 if name.endswith(".pkl") or name.endswith(".debug_pkl"):
                     for _ in pickletools.genops(archive.read(name)):
                         pass
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError) as err:
+    except ZIP_DAMAGE as err:
         raise ModelFileError(f"{path}: not a TorchScript file, or a damaged one ({type(err).__name__}: "
                              f"{str(err)[:120]})") from None
 
@@ -177,7 +183,7 @@ def read_metadata(path: Path | str) -> Metadata:
                 raise ModelFileError(f"{path}: {METADATA_NAME} has {archive.getinfo(names[0]).file_size} bytes, "
                                      f"more than ekd metadata ever holds ({MAX_METADATA_BYTES} at most)")
             text = archive.read(names[0]) if names else b""  # none: Metadata says it is not an ekd model
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError) as err:
+    except ZIP_DAMAGE as err:
         raise ModelFileError(f"{path}: not a TorchScript file ({type(err).__name__})") from None
     return Metadata.from_json(text, path)
 
