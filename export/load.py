@@ -20,7 +20,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
-from ekd.errors import DataError, ModelFileError, NonFiniteOutput
+from ekd.errors import DataError, ModelFileError
 from ekd.models.io import CHECKPOINT_NAME
 
 from .metadata import MAX_METADATA_BYTES, METADATA_NAME, Metadata
@@ -100,9 +100,10 @@ class ExportedModel:
                           atom_uncertainty)
 
     def _call(self, method: str, vectors: torch.Tensor, *graph: Any) -> Tuple[torch.Tensor, ...]:
-        """One method of the module on a graph; a module that fails or answers with values of the
-        wrong shape or non-finite values (damaged weights or code, or a structure far outside the
-        training data) is refused, naming the file."""
+        """One method of the module on a graph; a module that fails or answers with values of other
+        types or shapes than the contract's (damaged or foreign code) is refused, naming the file.
+        Non-finite values are passed on: evaluation names the conformation, the ASE calculator
+        refuses them (NonFiniteOutput)."""
         try:
             outputs = getattr(self.module, method)(vectors, *graph)
         except RuntimeError as err:  # TorchScript's own errors are RuntimeErrors
@@ -116,9 +117,6 @@ class ExportedModel:
                 for t, shape in zip(outputs, expected)):
             raise ModelFileError(f"{self.path}: its {method}() answered with outputs of other types or shapes than "
                                  "the contract's (export/CONTRACT.md); a damaged or foreign file")
-        if not all(bool(torch.isfinite(t).all()) for t in outputs):
-            raise NonFiniteOutput(f"{self.path}: its {method}() gave non-finite energies or forces (damaged weights, "
-                                 "or a structure far outside the training data)")
         return outputs
 
     def evaluate_members(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,

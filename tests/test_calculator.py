@@ -149,3 +149,29 @@ def test_close_contact_warns_once(model_files: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         atoms.get_potential_energy()
+
+
+def test_a_model_giving_nan_is_refused_and_fails_a_stability_trajectory_at_its_start(
+        model_files: dict, tmp_path: Path) -> None:
+    """A file whose weights are NaN: the calculator raises NonFiniteOutput naming the file (not NaN
+    energies), and a stability trajectory records it as failed at step 0 instead of stopping."""
+    import torch
+
+    from ekd.errors import NonFiniteOutput
+    from ekd.export import METADATA_NAME, read_metadata
+    from ekd.stability.criterion import FailureCriterion
+    from ekd.stability.trajectories import MDSettings, Molecule, run_trajectory
+
+    module = torch.jit.load(str(model_files["student"]))
+    with torch.no_grad():
+        next(module.parameters()).fill_(float("nan"))
+    broken = tmp_path / "nan.pt"
+    torch.jit.save(module, str(broken), _extra_files={METADATA_NAME: read_metadata(model_files["student"]).to_json()})
+    atoms = water_box()
+    atoms.calc = EKDCalculator(str(broken))
+    with pytest.raises(NonFiniteOutput, match="nan.pt: a non-finite energy or forces"):
+        atoms.get_forces()
+    molecule = Molecule("water", np.array([8, 1, 1]), np.array([[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]))
+    row = run_trajectory(EKDCalculator(str(broken)), molecule, 0, 0, MDSettings(steps=5, seeds=1),
+                         FailureCriterion(), "broken")
+    assert not row.survived and row.steps == 0 and "NonFiniteOutput" in row.reason

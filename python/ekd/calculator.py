@@ -12,7 +12,8 @@ give with `energy_std` (spread of member energies), `member_energies` and `membe
 As in LAMMPS, only the calls that ask pay for them (15 % of a student's call, every member's
 call for an ensemble): `calc.get_property("atom_uncertainty", atoms)`, or
 `EKDCalculator(..., uncertainty=True)` to have them in `calc.results` after every call.
-Two atoms at the same position (closer than 1e-4 Å) are an error naming both.
+Two atoms at the same position (closer than 1e-4 Å) are an error naming both; a non-finite
+energy or force is NonFiniteOutput (which stability runs count as a failed trajectory).
 
 Neighbour pairs come from `ekd.data.neighbors.VerletNeighbors`: kept between calls and rebuilt
 only when an atom moved more than half of `skin` (Å, default 1; 0 rebuilds every call), so MD
@@ -29,7 +30,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from .data.neighbors import VerletNeighbors
-from .errors import ModelFileError
+from .errors import ModelFileError, NonFiniteOutput
 from .export import force_deviation
 
 
@@ -88,6 +89,9 @@ class EKDCalculator(Calculator):
                  torch.as_tensor(j, dtype=torch.long, device=self.device), species, len(atoms))
         wanted = self.uncertainty or any(name in UNCERTAINTY for name in properties or [])
         out = self.model.evaluate(*graph, uncertainty=wanted and self.metadata.atom_uncertainty)
+        if not (np.isfinite(out.energy) and bool(torch.isfinite(out.forces).all())):
+            raise NonFiniteOutput(f"{self.model_path}: a non-finite energy or forces for these {len(atoms)} atoms "
+                                  "(damaged weights, or a structure far outside the training data)")
         self._warn_close_contacts(vectors)
         results: Dict[str, Any] = {"energy": out.energy, "free_energy": out.energy,
                                    "energies": out.atom_energy.numpy(), "forces": out.forces.numpy()}

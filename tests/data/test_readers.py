@@ -163,3 +163,20 @@ def test_additions_follow_the_data_in_order_and_merge_groups_by_name(tmp_path: P
     assert grown.group_names == data.group_names and (grown.group[len(data):] == water).all()
     with pytest.raises(DataError, match="not found"):
         read_data(DataSpec(**{**spec.__dict__, "additions": [str(tmp_path / "missing.h5")]}))
+
+
+def test_damaged_files_found_by_fuzzing_are_refused_with_the_reason(tmp_path: Path) -> None:
+    """An XYZ atom count far beyond the file (ase.io would loop ~1e12 times), an npz array of
+    Python objects (a pickle) and a cut-short npz: each a DataError naming the file."""
+    xyz = tmp_path / "count.xyz"
+    xyz.write_text("999999999999\nenergy=1.0\nH 0 0 0\n")
+    with pytest.raises(DataError, match=r"count.xyz line 1: a frame of 999999999999 atoms, but 2 lines follow"):
+        read_data(DataSpec(path=str(xyz)))
+    pickled = tmp_path / "objects.npz"
+    np.savez(pickled, R=np.zeros((1, 1, 3)), z=np.array([1]), E=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match=r"objects.npz: an array holds Python objects \(pickles\)"):
+        read_data(DataSpec(path=str(pickled)))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(pickled.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"cut.npz"):
+        read_data(DataSpec(path=str(cut)))

@@ -160,3 +160,19 @@ def test_a_model_predicting_nan_is_reported_and_the_others_still_are(
     assert "## Failed models" in (out / "report.md").read_text()
 
 
+
+
+def test_an_exported_model_predicting_nan_is_reported_with_its_conformation(
+        tiny_exports: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The same for an exported file (NaN weights): the loader passes NaN on, so the report
+    names the first conformation instead of failing the whole model."""
+    from ekd.export import METADATA_NAME, read_metadata
+
+    module = torch.jit.load(str(tiny_exports["student"]))
+    with torch.no_grad():
+        next(module.parameters()).fill_(float("nan"))
+    broken = tmp_path / "broken.pt"
+    torch.jit.save(module, str(broken), _extra_files={METADATA_NAME: read_metadata(tiny_exports["student"]).to_json()})
+    argv = [str(broken), *tiny_exports["data_args"], "--out", str(tmp_path / "ev"), "--max-conformations", "20"]
+    assert evaluate(argv) == 1
+    assert "non-finite energy or force on conformation" in capsys.readouterr().err

@@ -96,12 +96,12 @@ def run_trajectory(calculator: Any, molecule: Molecule, molecule_index: int, see
 
     previous: Optional[float] = None
     for step in range(settings.steps + 1):
-        if step > 0:
-            try:
+        try:  # the start too: a model whose energy there is not finite fails at step 0
+            if step > 0:
                 dynamics.step()
-            except (RuntimeError, ValueError, FloatingPointError, NonFiniteOutput) as err:  # e.g. NaN positions
-                return result(step, f"the MD step failed: {type(err).__name__}: {err}")
-        energy = float(atoms.get_potential_energy())
+            energy = float(atoms.get_potential_energy())
+        except (RuntimeError, ValueError, FloatingPointError, NonFiniteOutput) as err:  # e.g. NaN positions
+            return result(step, f"the MD step failed: {type(err).__name__}: {err}")
         reason = frame_failure(atoms.positions, energy, previous, bonds, molecule.species, criterion)
         if reason is not None:
             return result(step, reason)
