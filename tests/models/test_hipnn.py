@@ -3,6 +3,8 @@ TorchScript version, graph edge cases."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -222,9 +224,10 @@ def assert_two_ranks_equal_forward(model, smallest_force: float) -> None:
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 def test_sensitivities_are_the_inverse_distance_gaussians(dtype: torch.dtype, tolerance: float) -> None:
-    """The sensitivities, computed as one quadratic in 1/r per ν, equal exp(-(1/r - μ)²/2σ²)·φ(r)
-    written out term by term (in float64), and their slopes too."""
-    from ekd.models.radial import InverseGaussianSensitivity, cosine_cutoff
+    """The sensitivities, computed as exp of one quadratic in 1/r plus log φ per ν, equal
+    exp(-(1/r - μ)²/2σ²)·φ(r) written out term by term (in float64), and their slopes too; up to
+    the cutoff, where φ(r) = cos²(π r / 2 r_c) and its slope vanish."""
+    from ekd.models.radial import InverseGaussianSensitivity
 
     torch.manual_seed(2)
     module = InverseGaussianSensitivity(16, 0.75, 4.5, 5.0).to(dtype)
@@ -235,7 +238,8 @@ def test_sensitivities_are_the_inverse_distance_gaussians(dtype: torch.dtype, to
 
     def written_out(r: torch.Tensor) -> torch.Tensor:
         mu, sigma = module.inverse_centres.double(), module.inverse_widths.double()
-        return torch.exp(-((1.0 / r[:, None] - mu) ** 2) / (2 * sigma ** 2)) * cosine_cutoff(r, 5.0)[:, None]
+        phi = torch.cos(0.5 * math.pi * r / 5.0) ** 2
+        return torch.exp(-((1.0 / r[:, None] - mu) ** 2) / (2 * sigma ** 2)) * phi[:, None]
 
     x = r.to(dtype).requires_grad_(True)
     got = module(x)
