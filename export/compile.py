@@ -18,6 +18,7 @@ from ekd.errors import ModelFileError
 from ekd.fileio import file_sha256
 from ekd.models import Ensemble, Potential, model_from_checkpoint, read_checkpoint
 
+from .blocks import BLOCK_EDGES, WHOLE_EDGES
 from .metadata import METADATA_NAME, Metadata, make_metadata
 from .module import chain_layers, deploy
 from .samples import sample_graphs
@@ -38,13 +39,15 @@ def load_for_export(checkpoints: Sequence[Path], dtype: torch.dtype) -> tuple[Po
     return model, hashes, shortest if math.isfinite(shortest) else 0.0
 
 
-def export_model(checkpoints: Sequence[Path], out: Path, dtype: torch.dtype = torch.float64) -> Metadata:
-    """Export one checkpoint, or several as an ensemble, to `out`; returns the metadata."""
+def export_model(checkpoints: Sequence[Path], out: Path, dtype: torch.dtype = torch.float64,
+                 whole_edges: int = WHOLE_EDGES, block_edges: int = BLOCK_EDGES) -> Metadata:
+    """Export one checkpoint, or several as an ensemble, to `out`; returns the metadata. A
+    layered model evaluates graphs of more than `whole_edges` edges in blocks of `block_edges`."""
     if not checkpoints:
         raise ModelFileError("nothing to export: no checkpoint given")
     model, hashes, min_distance = load_for_export(checkpoints, dtype)
     metadata = make_metadata(model, dtype, hashes, min_distance)
-    eager = deploy(model)
+    eager = deploy(model, whole_edges, block_edges)
     scripted = torch.jit.script(eager)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,12 +76,16 @@ def verify(eager: torch.nn.Module, loaded: torch.jit.ScriptModule, model: Potent
         for name, a, b in zip(names, expected, got):
             _check(k, f"{name} of the saved file differs from the eager model", a, b, tolerance)
         chained = None
-        if hasattr(eager, "layer"):  # the layers chained must give forward's energies and gradients
-            whole = eager(g.edge_vectors.to(dtype), g.receivers, g.senders, g.species, len(g.species))
+        if hasattr(eager, "layer"):  # the layers chained, and run in blocks, must give forward's results
+            whole = eager.whole(g.edge_vectors.to(dtype), g.receivers, g.senders, g.species, len(g.species))
             chained = chain_layers(loaded, model.num_interactions, g.edge_vectors.to(dtype), g.receivers,
                                    g.senders, g.species)
             for name, a, b in zip(["atom_energy", "edge_grad"], whole[1:], chained):
                 _check(k, f"layer-by-layer {name} differs from forward", a, b, tolerance)
+            # blocks of a few edges, so that every sample is cut into several
+            blocked = loaded.in_blocks(g.edge_vectors.to(dtype), g.receivers, g.senders, g.species, len(g.species), 8)
+            for name, a, b in zip(["atom_energy", "edge_grad"], whole[1:], blocked[1:3]):
+                _check(k, f"{name} in blocks differs from forward", a, b, tolerance)
         if hasattr(eager, "forward_with_uncertainty"):
             _verify_uncertainty(k, eager, loaded, args, chained, tolerance)
 

@@ -8,7 +8,10 @@ import torch
 from torch import nn
 
 from ekd.models import Ensemble, Potential
+from ekd.models.graph import rows_per_layer
 from ekd.models.potential import has_uncertainty
+
+from .blocks import BLOCK_EDGES, WHOLE_EDGES, receiver_order, row_blocks, subgraph
 
 
 class DeployedPotential(nn.Module):
@@ -25,6 +28,11 @@ class DeployedPotential(nn.Module):
 
     def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                 species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.whole(edge_vectors, receivers, senders, species, n_local)
+
+    def whole(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+              species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward's outputs from one evaluation of the whole graph (autograd keeps every table)."""
         vectors = edge_vectors.detach().requires_grad_(True)
         terms = self.model(vectors, receivers, senders, species, n_local)
         return self.energies_and_gradient(terms, vectors, species, n_local)
@@ -66,7 +74,24 @@ class DeployedEnsemble(DeployedPotential):
 class DeployedLayers(DeployedPotential):
     """A model that can also be evaluated one message-passing layer at a time (CONTRACT.md §2b):
     on several MPI ranks the pair style exchanges the layers' features between ranks instead of
-    recomputing them for a ghost shell of `receptive_field`."""
+    recomputing them for a ghost shell of `receptive_field`. The same layers evaluate graphs of
+    more than `whole_edges` edges in blocks of about `block_edges` (`blocks.py`, CONTRACT.md §2d),
+    so their memory grows with the atoms, not with every edge table autograd would keep; readers
+    may set `whole_edges` (0: always in blocks)."""
+
+    def __init__(self, model: Potential, whole_edges: int = WHOLE_EDGES, block_edges: int = BLOCK_EDGES) -> None:
+        super().__init__(model)
+        self.whole_edges = int(whole_edges)
+        self.block_edges = int(block_edges)
+        self.n_layers = int(model.num_interactions)
+
+    def forward(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if edge_vectors.shape[0] <= self.whole_edges:
+            return self.whole(edge_vectors, receivers, senders, species, n_local)
+        energy, atom_energy, edge_grad, _ = self.in_blocks(edge_vectors, receivers, senders, species, n_local,
+                                                           self.block_edges)
+        return energy, atom_energy, edge_grad
 
     @torch.jit.export
     def edge_features(self, edge_vectors: torch.Tensor) -> torch.Tensor:
@@ -84,6 +109,105 @@ class DeployedLayers(DeployedPotential):
             energy = energy + self.reference[species[:n_local]]
         return z_next, energy
 
+    @torch.jit.export
+    def layer_values(self, t: int, z: torch.Tensor, edge_vectors: torch.Tensor, receivers: torch.Tensor,
+                     senders: torch.Tensor, species: torch.Tensor, n_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`layer` of nodes [0, n_rows) without gradients, from the edge vectors of the edges into
+        them (receivers grouped in ascending order; edges into later nodes are ignored), in
+        blocks: (z^{t+1}, energy) as `layer` gives them."""
+        return self.values_in_blocks(t, z, edge_vectors, receivers, senders, species, n_rows, self.block_edges)
+
+    @torch.jit.export
+    def layer_gradients(self, t: int, z: torch.Tensor, edge_vectors: torch.Tensor, receivers: torch.Tensor,
+                        senders: torch.Tensor, species: torch.Tensor, n_rows: int, z_next_grad: torch.Tensor
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`layer` of nodes [0, n_rows) recomputed in blocks and differentiated at once:
+        (z^{t+1}, energy, d/d edge_vectors and d/d z of Σ energy + <z^{t+1}, z_next_grad>);
+        z_next_grad has no columns for the last layer."""
+        return self.gradients_in_blocks(t, z, edge_vectors, receivers, senders, species, n_rows, z_next_grad,
+                                        n_rows, self.block_edges)
+
+    def values_in_blocks(self, t: int, z: torch.Tensor, edge_vectors: torch.Tensor, receivers: torch.Tensor,
+                         senders: torch.Tensor, species: torch.Tensor, n_rows: int, block_edges: int
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        features: List[torch.Tensor] = []
+        energies: List[torch.Tensor] = []
+        node_of = torch.empty_like(species)
+        with torch.no_grad():
+            for first, last, e_first, e_last in row_blocks(receivers, species.shape[0], n_rows, block_edges):
+                nodes, block_receivers, block_senders = subgraph(receivers[e_first:e_last], senders[e_first:e_last],
+                                                                 first, last, node_of)
+                z_next, energy = self.layer(t, z.detach()[nodes], self.model.edge_features(edge_vectors[e_first:e_last]),
+                                            block_receivers, block_senders, species[nodes], last - first)
+                features.append(z_next)
+                energies.append(energy)
+        return torch.cat(features), torch.cat(energies)
+
+    def gradients_in_blocks(self, t: int, z: torch.Tensor, edge_vectors: torch.Tensor, receivers: torch.Tensor,
+                            senders: torch.Tensor, species: torch.Tensor, n_rows: int, z_next_grad: torch.Tensor,
+                            n_energy: int, block_edges: int
+                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """layer_gradients, where only the energies of nodes [0, n_energy) count."""
+        features: List[torch.Tensor] = []
+        energies: List[torch.Tensor] = []
+        edge_grad = torch.zeros_like(edge_vectors)
+        z_grad = torch.zeros_like(z)
+        node_of = torch.empty_like(species)
+        for first, last, e_first, e_last in row_blocks(receivers, species.shape[0], n_rows, block_edges):
+            nodes, block_receivers, block_senders = subgraph(receivers[e_first:e_last], senders[e_first:e_last],
+                                                             first, last, node_of)
+            block_vectors = edge_vectors[e_first:e_last].detach().requires_grad_(True)
+            block_z = z.detach()[nodes].requires_grad_(t > 0)
+            z_next, energy = self.layer(t, block_z, self.model.edge_features(block_vectors), block_receivers,
+                                        block_senders, species[nodes], last - first)
+            total = energy[: max(0, min(last, n_energy) - first)].sum()
+            if z_next_grad.shape[1] > 0:
+                total = total + (z_next * z_next_grad[first:last]).sum()
+            grads = torch.autograd.grad([total], [block_vectors, block_z] if t > 0 else [block_vectors],
+                                        allow_unused=True)
+            edge_part = grads[0]
+            if edge_part is not None:
+                edge_grad[e_first:e_last] = edge_part
+            if t > 0:
+                z_part = grads[1]
+                if z_part is not None:
+                    z_grad.index_add_(0, nodes, z_part)
+            features.append(z_next.detach())
+            energies.append(energy.detach())
+        return torch.cat(features), torch.cat(energies), edge_grad, z_grad
+
+    def in_blocks(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                  species: torch.Tensor, n_local: int, block_edges: int
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward's outputs and the last layer's features of the nodes whose energy counts, the
+        layers run in blocks of about `block_edges` edges: the features of every layer but the
+        last without gradients, then backwards through the layers, each block recomputed and
+        differentiated at once (as the pair style chains layer_values and layer_gradients on
+        several ranks, exchanging features and their gradients in between)."""
+        reorder, order = receiver_order(receivers)
+        vectors = edge_vectors.detach()
+        if reorder:
+            vectors, receivers, senders = vectors[order], receivers[order], senders[order]
+        n = species.shape[0]
+        rows = rows_per_layer(receivers, senders, n, self.n_layers, n_local)
+        zs = [vectors.new_zeros(n, 0)]  # z^t of the nodes layer t reads
+        for t in range(self.n_layers - 1):
+            zs.append(self.values_in_blocks(t, zs[t], vectors, receivers, senders, species, rows[t], block_edges)[0])
+        atom_energy = torch.zeros(n, dtype=torch.float64, device=vectors.device)
+        edge_grad = torch.zeros_like(vectors)
+        g = vectors.new_zeros(0, 0)  # dE/dz^{t+1} of the rows layer t computes (none for the last)
+        z_last = g
+        for t in range(self.n_layers - 1, -1, -1):
+            z_next, energy, edge_part, g = self.gradients_in_blocks(t, zs[t], vectors, receivers, senders, species,
+                                                                    rows[t], g, n_local, block_edges)
+            atom_energy[: rows[t]] += energy
+            edge_grad += edge_part
+            if t == self.n_layers - 1:
+                z_last = z_next
+        if reorder:
+            edge_grad = torch.zeros_like(edge_grad).index_copy_(0, order, edge_grad)
+        return atom_energy[:n_local].sum(), atom_energy, edge_grad, z_last[:n_local]
+
 
 class DeployedUncertainty(DeployedPotential):
     """A model with its own per-atom uncertainty (CONTRACT.md §2c): `forward_with_uncertainty`
@@ -94,6 +218,11 @@ class DeployedUncertainty(DeployedPotential):
     def forward_with_uncertainty(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                                  species: torch.Tensor, n_local: int
                                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.whole_with_uncertainty(edge_vectors, receivers, senders, species, n_local)
+
+    def whole_with_uncertainty(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                               species: torch.Tensor, n_local: int
+                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         vectors = edge_vectors.detach().requires_grad_(True)
         terms, uncertainty = self.model.forward_with_uncertainty(vectors, receivers, senders, species, n_local)
         energy, atom_energy, edge_grad = self.energies_and_gradient(terms, vectors, species, n_local)
@@ -103,6 +232,16 @@ class DeployedUncertainty(DeployedPotential):
 class DeployedLayersUncertainty(DeployedLayers, DeployedUncertainty):
     """Layer by layer (§2b) and with its own uncertainty (§2c); on the layer path the pair style
     passes the last layer's features to `atom_uncertainty`."""
+
+    @torch.jit.export
+    def forward_with_uncertainty(self, edge_vectors: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                                 species: torch.Tensor, n_local: int
+                                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if edge_vectors.shape[0] <= self.whole_edges:
+            return self.whole_with_uncertainty(edge_vectors, receivers, senders, species, n_local)
+        energy, atom_energy, edge_grad, z_last = self.in_blocks(edge_vectors, receivers, senders, species, n_local,
+                                                                self.block_edges)
+        return energy, atom_energy, edge_grad, self.atom_uncertainty(z_last)
 
     @torch.jit.export
     def atom_uncertainty(self, z_last: torch.Tensor) -> torch.Tensor:
@@ -137,15 +276,17 @@ def _gradient(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return result.detach()
 
 
-def deploy(model: Potential) -> DeployedPotential:
+def deploy(model: Potential, whole_edges: int = WHOLE_EDGES, block_edges: int = BLOCK_EDGES) -> DeployedPotential:
     """The contract wrapper for `model` (ensembles get the extra `members` method, models with an
-    uncertainty head `forward_with_uncertainty`)."""
+    uncertainty head `forward_with_uncertainty`); a layered model evaluates graphs of more than
+    `whole_edges` edges in blocks of about `block_edges` (`blocks.py`)."""
     model = model.eval()
     if isinstance(model, Ensemble):
         return DeployedEnsemble(model)
-    if has_uncertainty(model):
-        return DeployedLayersUncertainty(model) if exchange_features(model) else DeployedUncertainty(model)
-    return DeployedLayers(model) if exchange_features(model) else DeployedPotential(model)
+    if not exchange_features(model):
+        return DeployedUncertainty(model) if has_uncertainty(model) else DeployedPotential(model)
+    layered = DeployedLayersUncertainty if has_uncertainty(model) else DeployedLayers
+    return layered(model, whole_edges, block_edges)
 
 
 def exchange_features(model: Potential) -> List[int]:
