@@ -14,6 +14,7 @@
 #include "utils.h"
 
 #include <ATen/Parallel.h>
+#include <cstdint>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -35,7 +36,7 @@ constexpr double kMaxCutoff = 30.0;    // Angstrom; export/metadata.py has the s
 EKDModel::EKDModel(LAMMPS *lmp) :
     Pointers(lmp), device(torch::kCPU), loaded(false), dtype(torch::kFloat64), cutoff(0.0),
     receptive_field(0.0), min_distance(0.0), num_interactions(1), members(1), atom_uncertainty(false),
-    uncertainty_scale(1.0)
+    uncertainty_scale(1.0), has_blocks(false), file_whole_edges(INT64_MAX), whole_edges(INT64_MAX), block_edges(0)
 {
 }
 
@@ -80,6 +81,10 @@ void EKDModel::load(const std::string &file, const torch::Device &on)
   module.eval();
   if (!exchange_widths.empty()) check_layers();
   if (atom_uncertainty) check_uncertainty_methods();
+  has_blocks = !exchange_widths.empty() && module.find_method("layer_values") &&
+      module.find_method("layer_gradients") && module.hasattr("whole_edges") && module.attr("whole_edges").isInt();
+  file_whole_edges = whole_edges = has_blocks ? module.attr("whole_edges").toInt() : INT64_MAX;
+  block_edges = has_blocks && module.hasattr("block_edges") ? module.attr("block_edges").toInt() : 0;
 
   loaded = true;
   loaded_key = key;
@@ -243,6 +248,14 @@ void EKDModel::check_uncertainty_methods()
   if (!exchange_widths.empty() && !module.find_method("atom_uncertainty"))
     error->all(FLERR, "pair_style ekd: {} has atom_uncertainty: true and layer() but no atom_uncertainty() "
                "method; re-export it with python -m ekd.export", path);
+}
+
+bool EKDModel::use_blocks(const std::string &request)
+{
+  if (!has_blocks) return request != "yes";
+  whole_edges = request == "yes" ? 0 : request == "no" ? INT64_MAX : file_whole_edges;
+  module.setattr("whole_edges", whole_edges);    // forward() reads it too (one rank)
+  return true;
 }
 
 void EKDModel::inputs(EKDGraph &graph, torch::Tensor &t_vec, torch::Tensor &t_recv, torch::Tensor &t_send,

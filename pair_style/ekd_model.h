@@ -34,6 +34,11 @@ class EKDModel : protected Pointers {
   // a float32 model gets a float32 copy of the edge vectors)
   void inputs(EKDGraph &graph, torch::Tensor &vec, torch::Tensor &recv, torch::Tensor &send,
               torch::Tensor &species);
+  // `blocks auto|yes|no` (CONTRACT.md §2d): graphs of more than whole_edges edges run in blocks
+  // (auto: the file's threshold; yes: always; no: never); false if `yes` and the file has no blocks
+  bool use_blocks(const std::string &request);
+  // whether a graph of n_edges edges runs in blocks
+  bool in_blocks(size_t n_edges) const { return has_blocks && static_cast<int64_t>(n_edges) > whole_edges; }
 
   // --- the file and its metadata (ekd.json) ---------------------------------
   std::string path;
@@ -52,6 +57,10 @@ class EKDModel : protected Pointers {
   std::vector<int> exchange_widths;    // features after each layer but the last (metadata
                                        // exchange_features); empty: the file has no layer()
   bool atom_uncertainty;               // forward_with_uncertainty() (and atom_uncertainty() with layer())
+  bool has_blocks;                     // layer_values(), layer_gradients() and whole_edges (§2d)
+  int64_t file_whole_edges;            // the file's whole_edges
+  int64_t whole_edges;                 // in use: larger graphs run in blocks (set by use_blocks)
+  int64_t block_edges;                 // edges per block
   double uncertainty_scale;            // informational: already applied inside the file
 
  private:

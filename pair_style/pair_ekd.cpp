@@ -89,20 +89,21 @@ void PairEKD::allocate()
 
 /* ----------------------------------------------------------------------
    settings: pair_style ekd FILE [committee FILE2] [every N] [device cpu|cuda|auto]
-                                 [heap keep|system] [exchange yes|no]
+                                 [heap keep|system] [exchange yes|no] [blocks auto|yes|no]
 ------------------------------------------------------------------------- */
 
 void PairEKD::settings(int narg, char **arg)
 {
   if (narg < 1)
     error->all(FLERR, "Illegal pair_style ekd command: expected 'pair_style ekd FILE [committee FILE2] "
-               "[every N] [device cpu|cuda|auto] [heap keep|system] [exchange yes|no]'");
+               "[every N] [device cpu|cuda|auto] [heap keep|system] [exchange yes|no] [blocks auto|yes|no]'");
   model_file = arg[0];
   committee_file.clear();
   committee_every = 1;
   bool every_given = false;
   device_request = "cpu";
   exchange_allowed = true;
+  blocks_request = "auto";
   bool keep_heap = true;
   int iarg = 1;
   while (iarg < narg) {
@@ -125,6 +126,12 @@ void PairEKD::settings(int narg, char **arg)
         error->all(FLERR, "pair_style ekd: keyword 'exchange' needs a value: yes or no");
       exchange_allowed = std::string(arg[iarg + 1]) == "yes";
       iarg += 2;
+    } else if (key == "blocks") {
+      if (iarg + 1 >= narg || (std::string(arg[iarg + 1]) != "auto" && std::string(arg[iarg + 1]) != "yes" &&
+                               std::string(arg[iarg + 1]) != "no"))
+        error->all(FLERR, "pair_style ekd: keyword 'blocks' needs a value: auto (the file's choice), yes or no");
+      blocks_request = arg[iarg + 1];
+      iarg += 2;
     } else if (key == "committee") {
       if (iarg + 1 >= narg)
         error->all(FLERR, "pair_style ekd: keyword 'committee' needs a file: committee ENSEMBLE.pt [every N]");
@@ -141,7 +148,7 @@ void PairEKD::settings(int narg, char **arg)
       iarg += 2;
     } else {
       error->all(FLERR, "pair_style ekd: unknown keyword '{}' (known keywords: committee, every, device, heap, "
-                 "exchange)", key);
+                 "exchange, blocks)", key);
     }
   }
   if (every_given && committee_file.empty())
@@ -234,6 +241,16 @@ void PairEKD::coeff(int narg, char **arg)
                ntypes, narg - 2);
 
   model.load(model_file, device);
+  if (!model.use_blocks(blocks_request))
+    error->all(FLERR, "pair_style ekd: 'blocks yes' but {} cannot be evaluated in blocks: it has no "
+               "layer_values() and layer_gradients() (a model with one layer, an ensemble, or a file exported "
+               "before 2026-12; re-export it with python -m ekd.export)", model_file);
+  if (model.has_blocks && comm->me == 0)
+    utils::logmesg(lmp, "ekd: {}\n", model.whole_edges == 0 ? fmt::format("layers run in blocks of about {} edges",
+                                                                          model.block_edges)
+                   : model.whole_edges == INT64_MAX ? std::string("layers run on the whole graph (blocks no)")
+                   : fmt::format("graphs of more than {} edges per rank run in blocks of about {} edges "
+                                 "(less memory, more time; keyword blocks)", model.whole_edges, model.block_edges));
   type_to_species.assign(ntypes + 1, -1);
   for (int t = 1; t <= ntypes; ++t) {
     type_to_species[t] = model.species_of(arg[t + 1]);
@@ -356,7 +373,8 @@ double PairEKD::init_one(int i, int j)
 }
 
 /* ----------------------------------------------------------------------
-   compute: graph.build -> call_model (or call_layers) -> write_back [-> compute_uncertainty]
+   compute: graph.build -> call_model (or, with exchange, call_layers / call_layers_in_blocks)
+            -> write_back [-> compute_uncertainty]
 ------------------------------------------------------------------------- */
 
 void PairEKD::compute(int eflag, int vflag)
@@ -369,6 +387,8 @@ void PairEKD::compute(int eflag, int vflag)
   if (exchange) {
     if (atom->nlocal == 0)
       exchange_idle();    // nothing owned, but the neighbours' exchanges need this rank
+    else if (model.in_blocks(graph.receivers.size()))
+      call_layers_in_blocks(own);
     else
       call_layers(own);
     write_back();
@@ -459,194 +479,9 @@ void PairEKD::call_model(bool with_uncertainty)
 
   model_energy = energy.to(torch::kCPU, torch::kFloat64).item<double>();
   atom_energy_out = atom_energy.to(torch::kCPU, torch::kFloat64).contiguous();
-  edge_grad_out = edge_grad.to(torch::kCPU, torch::kFloat64).contiguous();
+  edge_grad_out = edge_grad.to(torch::kCPU).contiguous();    // model dtype: write_back reads either
 }
 
-/* ----------------------------------------------------------------------
-   call_layers: CONTRACT.md §2b. Forward: s = edge_features(edge vectors), then for t = 0 .. L-1
-     (z^{t+1} of local nodes, energy terms) = layer(t, z^t of all nodes, s, ...);
-     z^{t+1} of ghost nodes arrives from their owners (forward comm).
-   Backward, t = L-1 .. 0, by autograd through each layer's graph:
-     d/d(s, z^t) of [ sum energy_t + <z^{t+1}, g^{t+1}> ];
-     g^t = dE/dz^t of local nodes = own rows + ghost rows summed on their owners (reverse comm);
-   at last dE/d(edge vectors) from dE/ds through edge_features. With the model's own uncertainty
-   requested: atom_uncertainty(z^L of the local nodes), the last layer's features.
-------------------------------------------------------------------------- */
-
-void PairEKD::call_layers(bool with_uncertainty)
-{
-  const int64_t nlocal = atom->nlocal;
-  const int n_layers = model.num_interactions;
-  torch::Tensor t_vec, t_recv, t_send, t_species;
-  model.inputs(graph, t_vec, t_recv, t_send, t_species);
-  const auto float_opts = torch::TensorOptions().dtype(model.dtype).device(device);
-
-  torch::AutoGradMode grad_on(true);
-  torch::jit::GraphOptimizerEnabledGuard optimize(jit_optimize);
-  torch::Tensor vec = t_vec.detach().requires_grad_(true);
-  torch::Tensor features, s;    // s: the edge features as a leaf, so each layer's backward stops there
-  try {
-    features = model.module.get_method("edge_features")({vec}).toTensor();
-  } catch (const std::exception &e) {
-    error->one(FLERR, "pair_style ekd: edge_features of the model {} failed on {} edges: {}", model_file,
-               graph.receivers.size(), first_line(e.what()));
-  }
-  s = features.detach().requires_grad_(true);
-  std::vector<torch::Tensor> z_in(n_layers), z_out(n_layers), energy(n_layers);
-  torch::Tensor z = torch::zeros({static_cast<int64_t>(graph.species.size()), 0}, float_opts);
-  auto layer = model.module.get_method("layer");
-  for (int t = 0; t < n_layers; ++t) {
-    z_in[t] = t > 0 ? z.requires_grad_(true) : z;
-    try {
-      c10::IValue result = layer({static_cast<int64_t>(t), z_in[t], s, t_recv, t_send, t_species, nlocal});
-      const auto &out = result.toTupleRef().elements();
-      z_out[t] = out[0].toTensor();
-      energy[t] = out[1].toTensor();
-    } catch (const std::exception &e) {
-      error->one(FLERR, "pair_style ekd: layer {} of the model {} failed on {} nodes and {} edges: {}", t,
-                 model_file, graph.species.size(), graph.receivers.size(), first_line(e.what()));
-    }
-    const int64_t width = t + 1 < n_layers ? model.exchange_widths[t] : z_out[t].size(-1);
-    if (energy[t].numel() != nlocal || z_out[t].dim() != 2 || z_out[t].size(0) != nlocal ||
-        z_out[t].size(1) != width)
-      error->one(FLERR, "pair_style ekd: layer {} of the model {} returned features {} and energies {} "
-                 "for {} local atoms; expected [{}, {}] (exchange_features) and [{}]", t, model_file,
-                 shape_of(z_out[t]), shape_of(energy[t]), nlocal, nlocal, width, nlocal);
-    if (t + 1 < n_layers) z = exchange_features(z_out[t].detach());
-  }
-
-  if (with_uncertainty) {
-    try {
-      torch::NoGradGuard no_grad;
-      own_uncertainty = model.module.get_method("atom_uncertainty")({z_out[n_layers - 1]}).toTensor();
-    } catch (const std::exception &e) {
-      error->one(FLERR, "pair_style ekd: atom_uncertainty() of the model {} failed on {} local atoms: {}",
-                 model_file, nlocal, first_line(e.what()));
-    }
-    if (own_uncertainty.dim() != 1 || own_uncertainty.size(0) != nlocal)
-      error->one(FLERR, "pair_style ekd: atom_uncertainty() of {} returned {}; expected [{}] (one value per "
-                 "local atom)", model_file, shape_of(own_uncertainty), nlocal);
-    own_uncertainty = own_uncertainty.to(torch::kCPU, torch::kFloat64).contiguous();
-  }
-
-  torch::Tensor atom_energy = energy[0].detach();
-  for (int t = 1; t < n_layers; ++t) atom_energy = atom_energy + energy[t].detach();
-  atom_energy_out = atom_energy.to(torch::kCPU, torch::kFloat64).contiguous();
-  model_energy = atom_energy_out.sum().item<double>();
-
-  torch::Tensor feature_grad = torch::zeros_like(s);
-  torch::Tensor g;    // dE/dz^{t+1} of the local nodes
-  for (int t = n_layers - 1; t >= 0; --t) {
-    std::vector<torch::Tensor> outputs{energy[t]}, seeds{torch::ones_like(energy[t])};
-    if (g.defined()) {
-      outputs.push_back(z_out[t]);
-      seeds.push_back(g);
-    }
-    std::vector<torch::Tensor> wrt{s};
-    if (t > 0) wrt.push_back(z_in[t]);
-    std::vector<torch::Tensor> grads;
-    try {
-      grads = torch::autograd::grad(outputs, wrt, seeds, /*retain_graph=*/false,
-                                    /*create_graph=*/false, /*allow_unused=*/true);
-    } catch (const std::exception &e) {
-      error->one(FLERR, "pair_style ekd: the gradient of layer {} of the model {} failed: {}", t,
-                 model_file, first_line(e.what()));
-    }
-    if (grads[0].defined()) feature_grad = feature_grad + grads[0];
-    if (t > 0) g = exchange_gradients(grads[1].defined() ? grads[1] : torch::zeros_like(z_in[t]));
-  }
-  torch::Tensor edge_grad = torch::zeros_like(t_vec);
-  if (features.requires_grad()) {    // no edges: nothing depends on the edge vectors
-    auto grads = torch::autograd::grad({features}, {vec}, {feature_grad}, false, false, true);
-    if (grads[0].defined()) edge_grad = grads[0];
-  }
-  edge_grad_out = edge_grad.to(torch::kCPU, torch::kFloat64).contiguous();
-}
-
-// a rank that owns no atoms takes part in the same exchanges, with nothing to compute
-void PairEKD::exchange_idle()
-{
-  const int nall = atom->nlocal + atom->nghost;
-  for (int width : model.exchange_widths) {
-    comm_width = width;
-    comm_rows.assign(static_cast<size_t>(nall) * width, 0.0);
-    comm->forward_comm(this);
-  }
-  for (int t = model.num_interactions - 1; t > 0; --t) {
-    comm_width = model.exchange_widths[t - 1];
-    comm_rows.assign(static_cast<size_t>(nall) * comm_width, 0.0);
-    comm->reverse_comm(this);
-  }
-  model_energy = 0.0;
-  atom_energy_out = torch::zeros({0}, torch::kFloat64);
-  edge_grad_out = torch::zeros({0, 3}, torch::kFloat64);
-}
-
-// features of the local nodes -> features of every node: the rows of ghost nodes are filled
-// by their owners through one forward communication
-torch::Tensor PairEKD::exchange_features(const torch::Tensor &z_local)
-{
-  const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
-  const int width = static_cast<int>(z_local.size(1));
-  torch::Tensor local = z_local.to(torch::kCPU, torch::kFloat64).contiguous();
-  comm_width = width;
-  comm_rows.resize(static_cast<size_t>(nall) * width);
-  std::copy(local.data_ptr<double>(), local.data_ptr<double>() + static_cast<size_t>(nlocal) * width,
-            comm_rows.begin());
-  comm->forward_comm(this);
-
-  const int n_ghost_nodes = graph.n_nodes - nlocal;
-  torch::Tensor ghosts = torch::empty({n_ghost_nodes, width}, torch::kFloat64);
-  double *out = ghosts.data_ptr<double>();
-  for (int k = 0; k < n_ghost_nodes; ++k)
-    std::copy_n(&comm_rows[static_cast<size_t>(graph.node_atom[nlocal + k]) * width], width, out + static_cast<size_t>(k) * width);
-  return torch::cat({local, ghosts}).to(device, model.dtype);
-}
-
-// dE/dz of every node -> dE/dz of the local nodes: ghost rows are added on their owners by one
-// reverse communication
-torch::Tensor PairEKD::exchange_gradients(const torch::Tensor &dz)
-{
-  const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
-  const int width = static_cast<int>(dz.size(1));
-  torch::Tensor all = dz.to(torch::kCPU, torch::kFloat64).contiguous();
-  const double *in = all.data_ptr<double>();
-  comm_width = width;
-  comm_rows.assign(static_cast<size_t>(nall) * width, 0.0);
-  for (int n = nlocal; n < graph.n_nodes; ++n)
-    std::copy_n(in + static_cast<size_t>(n) * width, width, &comm_rows[static_cast<size_t>(graph.node_atom[n]) * width]);
-  comm->reverse_comm(this);
-  torch::Tensor from_ghosts = torch::from_blob(comm_rows.data(), {nlocal, width}, torch::kFloat64);
-  return (all.narrow(0, 0, nlocal) + from_ghosts).to(device, model.dtype);
-}
-
-int PairEKD::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
-{
-  for (int k = 0; k < n; ++k)
-    std::copy_n(&comm_rows[static_cast<size_t>(list[k]) * comm_width], comm_width, buf + static_cast<size_t>(k) * comm_width);
-  return n * comm_width;
-}
-
-void PairEKD::unpack_forward_comm(int n, int first, double *buf)
-{
-  std::copy_n(buf, static_cast<size_t>(n) * comm_width, comm_rows.data() + static_cast<size_t>(first) * comm_width);
-}
-
-int PairEKD::pack_reverse_comm(int n, int first, double *buf)
-{
-  std::copy_n(comm_rows.data() + static_cast<size_t>(first) * comm_width, static_cast<size_t>(n) * comm_width, buf);
-  return n * comm_width;
-}
-
-void PairEKD::unpack_reverse_comm(int n, int *list, double *buf)
-{
-  for (int k = 0; k < n; ++k) {
-    double *row = &comm_rows[static_cast<size_t>(list[k]) * comm_width];
-    for (int c = 0; c < comm_width; ++c) row[c] += buf[static_cast<size_t>(k) * comm_width + c];
-  }
-}
 
 /* ----------------------------------------------------------------------
    write_back: CONTRACT.md §2 with g = dE/d(edge vector), r = edge vector
@@ -665,13 +500,17 @@ void PairEKD::write_back()
     for (int i = 0; i < nlocal; ++i) eatom[i] += s * ae[i];    // local atoms are nodes [0, nlocal)
   }
 
-  const double *g = edge_grad_out.data_ptr<double>();
+  // the edge gradients in the model's dtype: a float64 copy would take 24 bytes per edge more
+  const bool single = edge_grad_out.scalar_type() == torch::kFloat32;
+  const float *g32 = single ? edge_grad_out.data_ptr<float>() : nullptr;
+  const double *g64 = single ? nullptr : edge_grad_out.data_ptr<double>();
   const size_t n_edges = graph.edge_i.size();
   double total = model_energy;    // NaN or infinity anywhere makes it non-finite
   for (size_t e = 0; e < n_edges; ++e) {
     const int i = graph.edge_i[e];
     const int j = graph.edge_j[e];
-    const double gx = s * g[3 * e], gy = s * g[3 * e + 1], gz = s * g[3 * e + 2];
+    const double gx = s * (single ? g32[3 * e] : g64[3 * e]), gy = s * (single ? g32[3 * e + 1] : g64[3 * e + 1]),
+                 gz = s * (single ? g32[3 * e + 2] : g64[3 * e + 2]);
     total += gx + gy + gz;
     f[i][0] += gx;
     f[i][1] += gy;

@@ -63,7 +63,10 @@ class PairEKD : public Pair {
   void load_committee();
   void check_positions();
   void call_model(bool with_uncertainty);
+  // pair_ekd_layers.cpp: several ranks, a layered file
   void call_layers(bool with_uncertainty);
+  void call_layers_in_blocks(bool with_uncertainty);
+  torch::Tensor layer_uncertainty(const torch::Tensor &z_last);
   void exchange_idle();
   torch::Tensor exchange_features(const torch::Tensor &z_local);
   torch::Tensor exchange_gradients(const torch::Tensor &dz);
@@ -89,6 +92,7 @@ class PairEKD : public Pair {
   torch::Device device;            // resolved device
   double unit_factor;              // model eV -> deck energy unit (1 for metal)
   bool exchange_allowed;           // `exchange yes` (default): see init_style()
+  std::string blocks_request;      // `blocks auto|yes|no`: large graphs in blocks (EKDModel::use_blocks)
   bool jit_optimize;               // see the comment in call_model()
 
   // --- the models ------------------------------------------------------------
@@ -111,10 +115,10 @@ class PairEKD : public Pair {
   EKDGraph graph;                  // the driving model's
   EKDGraph committee_graph;        // the committee's, built on the steps it runs
 
-  // --- model outputs (CPU, float64) ----------------------------------------
+  // --- model outputs (CPU; float64 but for edge_grad_out) -------------------
   double model_energy;
   torch::Tensor atom_energy_out;   // [N]
-  torch::Tensor edge_grad_out;     // [E,3]
+  torch::Tensor edge_grad_out;     // [E,3] in the model's dtype
   torch::Tensor own_uncertainty;   // [nlocal] the model's own uncertainty (eV/A) on requested steps
   std::vector<torch::jit::IValue> inputs;
 
