@@ -198,6 +198,7 @@ def benchmark(args: argparse.Namespace) -> int:
                     _annotate(best[key], report["model_alone"].get(f"{name}@{len(box)}"))
                     report["runs"] = list(best.values())
                     report["ratios"] = report_module.ratios(report["runs"])
+                    report["memory_per_atom"] = report_module.marginal_memory(report["runs"])
                     report_module.write(report, out)  # partial results survive a failure later on
                     status = (f"{result['katom_step_per_s']:.3g} katom-step/s, {result['peak_rss_mb']:.0f} MB"
                               if result["ok"] else f"FAILED: {result['error']}")

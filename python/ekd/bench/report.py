@@ -23,7 +23,8 @@ def markdown(report: Dict[str, Any]) -> str:
              f"{report['steps']} timed steps after {report['warmup']} warm-up steps; "
              "models alternated so machine drift hits all alike.", "",
              "| model | atoms | ranks × threads | katom-step/s | timesteps/s | ns/day | pair share | model alone (ms/step) "
-             "| pair-style overhead | peak memory (MB) | test E RMSE (meV) | test F RMSE (meV/Å) |",
+             "| pair-style overhead | peak memory, all ranks / largest rank (MB) | test E RMSE (meV) "
+             "| test F RMSE (meV/Å) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report["runs"]:
         accuracy = report["accuracy"].get(row["model"], {})
@@ -35,15 +36,47 @@ def markdown(report: Dict[str, Any]) -> str:
             f"| {row['model']} | {row['atoms']} | {row['ranks']} × {row['threads']} | {_f(row['katom_step_per_s'])} | "
             f"{_f(row['timesteps_per_s'])} | {_f(row['ns_per_day'])} | {_f(row['pair_fraction'] * 100, 3)}% | "
             f"{_f(row.get('model_ms'))} | {_percent(row.get('overhead'))} | "
-            f"{_f(row['peak_rss_mb'], 4)} | {_f(_scaled(accuracy.get('energy_rmse')), 3)} | "
+            f"{_f(row['peak_rss_mb'], 4)} / {_f(row.get('rank_peak_rss_mb'), 4)} | "
+            f"{_f(_scaled(accuracy.get('energy_rmse')), 3)} | "
             f"{_f(_scaled(accuracy.get('force_rmse')), 3)} |")
     if report.get("ratios"):
         lines += ["", "Student against one teacher (same size, same ranks, side by side):", "",
                   "| atoms | ranks | throughput ratio | memory ratio |", "|---:|---:|---:|---:|"]
         for r in report["ratios"]:
             lines.append(f"| {r['atoms']} | {r['ranks']} | {_f(r['speed'])}× | {_f(r['memory'])} |")
+    lines += _memory_lines(report)
     lines += _ase_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def marginal_memory(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Memory per additional atom of each model and rank count, between consecutive sizes: the
+    growth of the summed peak of all ranks over the growth in atoms (kB per atom), so the fixed
+    cost of every process (libraries, model, LAMMPS) drops out."""
+    out = []
+    sizes: Dict[tuple, List[Dict[str, Any]]] = {}
+    for row in runs:
+        if row["ok"] and math.isfinite(row["peak_rss_mb"]):
+            sizes.setdefault((row["model"], row["ranks"]), []).append(row)
+    for (model, ranks), rows in sizes.items():
+        rows = sorted(rows, key=lambda r: r["atoms"])
+        for small, large in zip(rows, rows[1:]):
+            if large["atoms"] > small["atoms"]:
+                out.append({"model": model, "ranks": ranks, "from": small["atoms"], "to": large["atoms"],
+                            "kb_per_atom": (large["peak_rss_mb"] - small["peak_rss_mb"]) * 1024.0
+                            / (large["atoms"] - small["atoms"])})
+    return out
+
+
+def _memory_lines(report: Dict[str, Any]) -> List[str]:
+    rows = marginal_memory(report["runs"])
+    if not rows:
+        return []
+    lines = ["", "Memory per additional atom (growth of the summed peak of all ranks between two sizes):", "",
+             "| model | ranks | atoms | kB per atom |", "|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['ranks']} | {r['from']} → {r['to']} | {_f(r['kb_per_atom'])} |")
+    return lines
 
 
 def _ase_lines(report: Dict[str, Any]) -> List[str]:

@@ -27,7 +27,8 @@ class MDResult(Performance):
     ranks: int
     threads: int
     steps: int
-    peak_rss_mb: float = math.nan
+    peak_rss_mb: float = math.nan        # every rank's peak, summed
+    rank_peak_rss_mb: float = math.nan   # the largest rank's peak
     error: str = ""
     extra: Dict[str, float] = field(default_factory=dict)
 
@@ -68,7 +69,8 @@ def run_md(folder: Path, model: Path, atoms: Atoms, elements: list[str], ranks: 
     figures = read_performance(run.log) if run.ok else None
     loop = read_loop_time(run.log)
     result = MDResult(**asdict(figures or Performance()), ok=figures is not None, atoms=len(atoms), ranks=ranks,
-                      threads=threads, steps=steps, peak_rss_mb=run.peak_rss_mb)
+                      threads=threads, steps=steps, peak_rss_mb=run.peak_rss_mb,
+                      rank_peak_rss_mb=run.rank_peak_rss_mb)
     if figures is None:
         result.error = run.error or "no Performance line in the LAMMPS log"
     elif loop is not None:  # always, with a Performance line

@@ -107,13 +107,15 @@ def dump_lines(name: str, file: str, every: int, columns: Sequence[str], digits:
 
 @dataclass
 class LammpsRun:
-    """What one run left: exit code, log, captured output (empty when echoed), peak memory."""
+    """What one run left: exit code, log, captured output (empty when echoed), peak memory (the
+    sum of every rank's peak, and the largest rank's)."""
 
     returncode: int
     log: str
     output: str
     peak_rss_mb: float
     timeout: Optional[float] = None     # seconds, when the run was killed for taking longer
+    rank_peak_rss_mb: float = math.nan
 
     @property
     def ok(self) -> bool:
@@ -161,15 +163,16 @@ def run_lammps(deck: Path, ranks: int = 1, threads: int = 0, timeout: Optional[f
         process = subprocess.Popen(command, cwd=folder, env=env, stdout=stdout, stderr=stderr, text=True)
     except FileNotFoundError:
         raise LammpsError(f"LAMMPS not found ({command[0]}); install ekd with its dependencies") from None
-    output, peak_rss_mb, timed_out = _wait(process, timeout, monitor)
+    output, peaks, timed_out = _wait(process, timeout, monitor)
     log = (folder / LOG).read_text() if (folder / LOG).exists() else ""
-    return LammpsRun(process.returncode, log, output, peak_rss_mb, timeout if timed_out else None)
+    total, largest = (sum(peaks.values()) / 1024.0, max(peaks.values()) / 1024.0) if peaks else (math.nan, math.nan)
+    return LammpsRun(process.returncode, log, output, total, timeout if timed_out else None, largest)
 
 
 def _wait(process: subprocess.Popen, timeout: Optional[float], monitor: Optional[Monitor] = None
-          ) -> tuple[str, float, bool]:
-    """Wait for the run, sampling its memory: (captured output, peak MB, whether it was killed
-    for taking longer than `timeout` seconds)."""
+          ) -> tuple[str, Dict[int, int], bool]:
+    """Wait for the run, sampling its memory: (captured output, peak kB of every LAMMPS process,
+    whether it was killed for taking longer than `timeout` seconds)."""
     peaks: Dict[int, int] = {}
     start = time.monotonic()
     while True:
@@ -186,7 +189,7 @@ def _wait(process: subprocess.Popen, timeout: Optional[float], monitor: Optional
                 output, _ = process.communicate()
                 timed_out = True
                 break
-    return output or "", sum(peaks.values()) / 1024.0 if peaks else math.nan, timed_out
+    return output or "", peaks, timed_out
 
 
 def _sample_high_water(pid: int, peaks: Dict[int, int]) -> List[int]:
