@@ -125,7 +125,7 @@ class DeployedLayers(DeployedPotential):
         (z^{t+1}, energy, d/d edge_vectors and d/d z of Σ energy + <z^{t+1}, z_next_grad>);
         z_next_grad has no columns for the last layer."""
         return self.gradients_in_blocks(t, z, edge_vectors, receivers, senders, species, n_rows, z_next_grad,
-                                        n_rows, self.block_edges)
+                                        n_rows, self.block_edges, torch.zeros_like(edge_vectors))
 
     def values_in_blocks(self, t: int, z: torch.Tensor, edge_vectors: torch.Tensor, receivers: torch.Tensor,
                          senders: torch.Tensor, species: torch.Tensor, n_rows: int, block_edges: int
@@ -145,12 +145,12 @@ class DeployedLayers(DeployedPotential):
 
     def gradients_in_blocks(self, t: int, z: torch.Tensor, edge_vectors: torch.Tensor, receivers: torch.Tensor,
                             senders: torch.Tensor, species: torch.Tensor, n_rows: int, z_next_grad: torch.Tensor,
-                            n_energy: int, block_edges: int
+                            n_energy: int, block_edges: int, edge_grad: torch.Tensor
                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """layer_gradients, where only the energies of nodes [0, n_energy) count."""
+        """layer_gradients, where only the energies of nodes [0, n_energy) count, its edge
+        gradients added to `edge_grad` (one table for every layer: 12-24 bytes per edge less)."""
         features: List[torch.Tensor] = []
         energies: List[torch.Tensor] = []
-        edge_grad = torch.zeros_like(edge_vectors)
         z_grad = torch.zeros_like(z)
         node_of = torch.empty_like(species)
         for first, last, e_first, e_last in row_blocks(receivers, species.shape[0], n_rows, block_edges):
@@ -167,7 +167,7 @@ class DeployedLayers(DeployedPotential):
                                         allow_unused=True)
             edge_part = grads[0]
             if edge_part is not None:
-                edge_grad[e_first:e_last] = edge_part
+                edge_grad[e_first:e_last] += edge_part
             if t > 0:
                 z_part = grads[1]
                 if z_part is not None:
@@ -198,10 +198,9 @@ class DeployedLayers(DeployedPotential):
         g = vectors.new_zeros(0, 0)  # dE/dz^{t+1} of the rows layer t computes (none for the last)
         z_last = g
         for t in range(self.n_layers - 1, -1, -1):
-            z_next, energy, edge_part, g = self.gradients_in_blocks(t, zs[t], vectors, receivers, senders, species,
-                                                                    rows[t], g, n_local, block_edges)
+            z_next, energy, edge_grad, g = self.gradients_in_blocks(t, zs[t], vectors, receivers, senders, species,
+                                                                    rows[t], g, n_local, block_edges, edge_grad)
             atom_energy[: rows[t]] += energy
-            edge_grad += edge_part
             if t == self.n_layers - 1:
                 z_last = z_next
         if reorder:
