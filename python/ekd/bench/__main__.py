@@ -195,7 +195,8 @@ def benchmark(args: argparse.Namespace) -> int:
                     if key not in best or (result["ok"] and result["katom_step_per_s"] > best[key].get(
                             "katom_step_per_s", -1.0)):
                         best[key] = result
-                    _annotate(best[key], report["model_alone"].get(f"{name}@{len(box)}"))
+                    _annotate(best[key], report["model_alone"].get(f"{name}@{len(box)}"),
+                              report.get("model_alone_mb", {}).get(f"{name}@{len(box)}"))
                     report["runs"] = list(best.values())
                     report["ratios"] = report_module.ratios(report["runs"])
                     report["memory_per_atom"] = report_module.marginal_memory(report["runs"])
@@ -213,17 +214,25 @@ def time_alone(report: Dict[str, Any], name: str, model: Path, box: Any, threads
     """The model alone (or, `ase_md`, MD in ASE), just before its LAMMPS run (drift between the
     two stays small), with the threads of a one-rank run so they compare like with like; the
     fastest of the repeats."""
-    seconds = time_model_in_child(model, box, threads, folder, ase_md)
-    if seconds is None:
+    timing = time_model_in_child(model, box, threads, folder, ase_md)
+    if timing is None:
         return
+    seconds = float(timing["seconds"])
     key, table = f"{name}@{len(box)}", report["ase_md" if ase_md else "model_alone"]
     table[key] = min(seconds, table.get(key, seconds))
-    print(f"{'ASE MD' if ase_md else 'model alone'}: {name}, {len(box)} atoms: {seconds * 1e3:.1f} ms/step",
+    memory = ""
+    if "added_mb" in timing:
+        report.setdefault("model_alone_mb", {})[key] = float(timing["added_mb"])
+        memory = f", {float(timing['added_mb']):.0f} MB added"
+    print(f"{'ASE MD' if ase_md else 'model alone'}: {name}, {len(box)} atoms: {seconds * 1e3:.1f} ms/step{memory}",
           flush=True)
 
 
-def _annotate(row: Dict[str, Any], model_seconds: float | None) -> None:
-    """Model-alone time and pair-style overhead (one rank: the pair time covers the same work)."""
+def _annotate(row: Dict[str, Any], model_seconds: float | None, model_mb: float | None = None) -> None:
+    """Model-alone time and memory, and pair-style overhead (one rank: the pair time covers the
+    same work)."""
+    if model_mb is not None:
+        row["model_mb"] = model_mb
     if model_seconds is None:
         return
     row["model_ms"] = model_seconds * 1e3

@@ -43,8 +43,10 @@ def keep_tensor_memory() -> None:
     mallopt(m_trim_threshold, 2**31 - 1)
 
 
-def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup: int = 2) -> float:
-    """Median seconds per call of the exported model on `atoms`."""
+def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup: int = 2) -> tuple[float, float]:
+    """Median seconds per call of the exported model on `atoms`, and the resident memory (MB)
+    the calls added to the process's peak (the model's working memory: its tensors and what
+    autograd keeps; on Linux, else NaN)."""
     keep_tensor_memory()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -54,6 +56,8 @@ def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup
         species = exported.species_index(atoms.get_chemical_symbols()).numpy()
         g = graph_of(species, atoms.positions, metadata.cutoff, np.asarray(atoms.cell))
         args = (g.edge_vectors.to(metadata.torch_dtype), g.receivers, g.senders, g.species, g.n_local)
+        del g
+        before = _status_mb("VmRSS")
         with torch.jit.optimized_execution(False):
             for _ in range(warmup):
                 module(*args)
@@ -62,9 +66,21 @@ def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup
                 start = time.perf_counter()
                 module(*args)
                 times.append(time.perf_counter() - start)
+        added = _status_mb("VmHWM") - before
     finally:
         torch.set_num_threads(previous)
-    return float(np.median(times))
+    return float(np.median(times)), added
+
+
+def _status_mb(field: str) -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
 
 
 def time_ase_md(model: Path, atoms: Atoms, threads: int, steps: int = 20, warmup: int = 3) -> float:
@@ -89,9 +105,9 @@ def time_ase_md(model: Path, atoms: Atoms, threads: int, steps: int = 20, warmup
 
 
 def time_model_in_child(model: Path, atoms: Atoms, threads: int, folder: Path, ase_md: bool = False
-                        ) -> Optional[float]:
-    """`time_model` (or with `ase_md`, `time_ase_md`) in a child process; None (and the reason
-    printed) if it fails."""
+                        ) -> Optional[dict]:
+    """`time_model` (or with `ase_md`, `time_ase_md`) in a child process: {"seconds", and for the
+    model alone "added_mb"}; None (and the reason printed) if it fails."""
     folder.mkdir(parents=True, exist_ok=True)
     box = folder / "box.extxyz"
     ase.io.write(box, atoms)
@@ -102,20 +118,24 @@ def time_model_in_child(model: Path, atoms: Atoms, threads: int, folder: Path, a
         lines = (done.stderr or done.stdout).strip().splitlines()
         print(f"model alone: {model} failed: {lines[-1] if lines else f'exit code {done.returncode}'}", flush=True)
         return None
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ekd.bench.model_timing",
-                                     description="Median seconds of one call of an exported model on a box.")
+                                     description="Median seconds of one call of an exported model on a box, "
+                                                 "and the memory the calls add (JSON on the last line).")
     parser.add_argument("model", type=Path, help="exported model (.pt)")
     parser.add_argument("box", type=Path, help="periodic box (any file ase.io reads)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--ase-md", action="store_true", help="seconds per step of ASE MD instead")
     args = parser.parse_args(argv)
-    timer = time_ase_md if args.ase_md else time_model
-    seconds = timer(args.model, ase.io.read(args.box), threads=args.threads)
-    print(json.dumps({"seconds": seconds}))
+    atoms = ase.io.read(args.box)
+    if args.ase_md:
+        print(json.dumps({"seconds": time_ase_md(args.model, atoms, threads=args.threads)}))
+    else:
+        seconds, added_mb = time_model(args.model, atoms, threads=args.threads)
+        print(json.dumps({"seconds": seconds, "added_mb": added_mb}))
     return 0
 
 

@@ -23,19 +23,19 @@ def markdown(report: Dict[str, Any]) -> str:
              f"{report['steps']} timed steps after {report['warmup']} warm-up steps; "
              "models alternated so machine drift hits all alike.", "",
              "| model | atoms | ranks × threads | katom-step/s | timesteps/s | ns/day | pair share | model alone (ms/step) "
-             "| pair-style overhead | peak memory, all ranks / largest rank (MB) | test E RMSE (meV) "
-             "| test F RMSE (meV/Å) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model alone, memory added (MB) | pair-style overhead | peak memory, all ranks / largest rank (MB) "
+             "| test E RMSE (meV) | test F RMSE (meV/Å) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report["runs"]:
         accuracy = report["accuracy"].get(row["model"], {})
         if not row["ok"]:
             lines.append(f"| {row['model']} | {row['atoms']} | {row['ranks']} × {row['threads']} | failed: "
-                         f"{row['error'][:80]} |||||||||")
+                         f"{row['error'][:80]} ||||||||||")
             continue
         lines.append(
             f"| {row['model']} | {row['atoms']} | {row['ranks']} × {row['threads']} | {_f(row['katom_step_per_s'])} | "
             f"{_f(row['timesteps_per_s'])} | {_f(row['ns_per_day'])} | {_f(row['pair_fraction'] * 100, 3)}% | "
-            f"{_f(row.get('model_ms'))} | {_percent(row.get('overhead'))} | "
+            f"{_f(row.get('model_ms'))} | {_f(row.get('model_mb'), 4)} | {_percent(row.get('overhead'))} | "
             f"{_f(row['peak_rss_mb'], 4)} / {_f(row.get('rank_peak_rss_mb'), 4)} | "
             f"{_f(_scaled(accuracy.get('energy_rmse')), 3)} | "
             f"{_f(_scaled(accuracy.get('force_rmse')), 3)} |")
