@@ -73,13 +73,15 @@ def degree_blocks(receivers: torch.Tensor, slots: torch.Tensor, n_rows: int, n_n
         counts.append(count)
         widths.append(width)
         total += count * width
-    inside = receivers < n_rows
-    rank = position[torch.where(inside, receivers, torch.zeros_like(receivers))]
+    pruned = n_rows < n_nodes  # edges into nodes [n_rows, n_nodes) may exist: they go to the dropped cell
+    rank = position[torch.where(receivers < n_rows, receivers, torch.zeros_like(receivers)) if pruned else receivers]
     block = torch.div(rank, block_rows, rounding_mode="floor")
     block_offset = torch.tensor(offsets, dtype=receivers.dtype, device=receivers.device)[block]
     block_width = torch.tensor(widths, dtype=receivers.dtype, device=receivers.device)[block]
     cell = block_offset + (rank - block * block_rows) * block_width + slots
-    return torch.where(inside, cell, torch.full_like(cell, total)), position, counts, widths
+    if pruned:
+        cell = torch.where(receivers < n_rows, cell, torch.full_like(cell, total))
+    return cell, position, counts, widths
 
 
 def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:

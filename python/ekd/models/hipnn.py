@@ -226,7 +226,7 @@ class HIPNN(Potential):
         # only nodes [0, rows[t]) are read later (all of them but on several MPI ranks)
         rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
         sensitivity = self.edge_features(edge_vectors)  # (E, ν)
-        environment = self.first_environment(sensitivity, receivers, senders, species, rows[0])
+        environment = self.first_environment(sensitivity, receivers, senders, species, rows[0], n_nodes)
         position: Optional[torch.Tensor] = None
         # later layers: the padded neighbour layout of the nodes they compute, in blocks by degree,
         # built at the second layer and again only for a layer that computes fewer nodes
@@ -253,11 +253,11 @@ class HIPNN(Potential):
         return nn.functional.one_hot(species, self.n_species).to(dtype)
 
     def first_environment(self, sensitivity: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
-                          species: torch.Tensor, n_rows: int) -> torch.Tensor:
-        """Σ_j s_ν(r_ij) z⁰_j of nodes [0, n_rows) as (n_rows, ν, species): z⁰_j is one-hot, so this is
-        one scatter-add of the sensitivities by (receiver, sender species), not a batched product
-        with a few species columns."""
-        by_species = cell_index(receivers, species[senders], self.n_species, n_rows, species.shape[0])
+                          species: torch.Tensor, n_rows: int, n_receivers: int) -> torch.Tensor:
+        """Σ_j s_ν(r_ij) z⁰_j of nodes [0, n_rows) as (n_rows, ν, species), the receivers in [0,
+        n_receivers): z⁰_j is one-hot, so this is one scatter-add of the sensitivities by
+        (receiver, sender species), not a batched product with a few species columns."""
+        by_species = cell_index(receivers, species[senders], self.n_species, n_rows, n_receivers)
         environment = cell_sum(sensitivity, by_species, n_rows * self.n_species)
         return environment.view(n_rows, self.n_species, sensitivity.shape[1]).transpose(1, 2)
 
@@ -277,14 +277,14 @@ class HIPNN(Potential):
         `edge_features`. Chaining the levels, with z^t of other ranks' atoms exchanged in between,
         gives `forward`'s energies; the pair style does so on several MPI ranks instead of
         recomputing a deep ghost shell."""
-        n_nodes = species.shape[0]
         position: Optional[torch.Tensor] = None
+        # every receiver is one of nodes [0, n_rows): no edge needs dropping
         if t == 0:
             z = self.initial_features(species, sensitivity.dtype)
-            environment = self.first_environment(sensitivity, receivers, senders, species, n_rows)
+            environment = self.first_environment(sensitivity, receivers, senders, species, n_rows, n_rows)
         else:
-            slots = neighbor_slots(receivers, n_nodes)[0]
-            cell, position, counts, widths = degree_blocks(receivers, slots, n_rows, n_nodes, self.block_rows)
+            slots = neighbor_slots(receivers, n_rows)[0]
+            cell, position, counts, widths = degree_blocks(receivers, slots, n_rows, n_rows, self.block_rows)
             sensitivities, slot_senders = padded_blocks(sensitivity, senders, cell, counts, widths)
             environment = padded_environment(z, sensitivities, slot_senders)
         z_next, energy = z[:n_rows], z.new_zeros(n_rows)
