@@ -141,10 +141,11 @@ def test_an_ensemble_alone_gives_its_deviation(tmp_path: Path, files: dict, box:
     assert ("on every step (fix pair flag 0)" in got["log"]) == (flag == 0)
 
 
-@pytest.mark.parametrize("ranks, option", [(1, ""), (2, ""), (2, "exchange no")])
+@pytest.mark.parametrize("ranks, option", [(1, ""), (2, ""), (2, "exchange no"), (1, "blocks yes"), (2, "blocks yes")])
 def test_the_students_own_uncertainty(tmp_path: Path, files: dict, box: Atoms, ranks: int, option: str) -> None:
     """No committee: the student's distilled head (forward_with_uncertainty, or atom_uncertainty of the
-    last layer's features when the layers are exchanged between ranks) equals Python's."""
+    last layer's features when the layers are exchanged between ranks; with `blocks yes` from the
+    blocks' last layer) equals Python's."""
     elements = load_exported(files["student"]).elements
     got = run_uncertainty(tmp_path, box, f"{files['student']} {option}", elements, ranks=ranks)
     want = python_evaluation(files["student"], box).atom_uncertainty.numpy()
