@@ -249,6 +249,8 @@ write_dump all custom final.dump id x y z modify sort id format float %.17g
     ("bad_heap", "keyword 'heap' needs a value: keep or system"),
     ("newer_format", "newer.pt has format_version 99 but this plugin reads format_version 2 at most"),
     ("bad_exchange", "keyword 'exchange' needs a value: yes or no"),
+    ("bad_blocks", "keyword 'blocks' needs a value: auto .the file's choice., yes or no"),
+    ("blocks_without_methods", "'blocks yes' but .*hipnn1_float64.pt cannot be evaluated in blocks"),
     ("exchange_count", "odd.pt lists 2 exchange_features for 2 interaction.s.; expected 1"),
     ("exchange_fraction", "odd.pt has exchange_features entry 2.5 in ekd.json; expected positive integers"),
     ("exchange_width", r"layer 0 of .*odd.pt gives features 8 per atom but ekd.json lists exchange_features\[0\] = 4"),
@@ -283,6 +285,10 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms,
         style_extra = " heap lots"
     elif case == "bad_exchange":
         style_extra = " exchange maybe"
+    elif case == "bad_blocks":
+        style_extra = " blocks maybe"
+    elif case == "blocks_without_methods":  # one layer: nothing to run in blocks
+        model, style_extra = str(models["hipnn1_float64"]), " blocks yes"
     elif case == "newer_format":
         model = with_metadata(path, tmp_path / "newer.pt", format_version=99)
     elif case == "exchange_count":  # the 2-layer student exchanges one layer's features
