@@ -61,6 +61,8 @@ class TeachersSettings:
     """[teachers] count: ensemble size; kind / model: architecture of every teacher;
     members: optional per-teacher overrides [{kind, model, seed}], one per teacher;
     bootstrap: train each teacher on a bootstrap resample of the training split;
+    subset: the indices (of the `count` described) of the teachers this run trains and labels
+    with ([]: all); a study's variants form smaller ensembles from one pool of teachers this way;
     init_from: a run directory whose teachers' weights start these (same elements and
     architectures; active learning continues each round's teachers this way; "" = fresh);
     train: [teachers.train] (energies only: forces_weight and atom_energy_weight must be 0)."""
@@ -70,8 +72,13 @@ class TeachersSettings:
     model: Dict[str, Any] = field(default_factory=dict)
     members: List[Dict[str, Any]] = field(default_factory=list)
     bootstrap: bool = False
+    subset: List[int] = field(default_factory=list)
     init_from: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def indices(self) -> List[int]:
+        """The teachers this run uses: `subset`, or all `count`."""
+        return list(self.subset) if self.subset else list(range(self.count))
 
     def member(self, k: int, run_seed: int) -> tuple[str, Dict[str, Any], int]:
         """Kind, hyperparameters and seed of teacher k."""
@@ -301,6 +308,10 @@ class RunConfig:
         if teachers.members and len(teachers.members) != teachers.count:
             raise ConfigError(f"[teachers] members lists {len(teachers.members)} teachers but count = "
                               f"{teachers.count}")
+        bad = [k for k in teachers.subset if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < teachers.count]
+        if bad or len(set(teachers.subset)) != len(teachers.subset):
+            raise ConfigError(f"[teachers] subset must list distinct teacher indices in 0..{teachers.count - 1}, "
+                              f"got {teachers.subset!r}")
         for k, member in enumerate(teachers.members):
             unknown = set(member) - {"kind", "model", "seed"}
             if unknown:

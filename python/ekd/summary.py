@@ -32,7 +32,7 @@ from .training import Predictions, predict_all, read_checkpoint
 def trained_models(run: RunDirectory) -> Dict[str, Path]:
     """Finished checkpoints of the run, by model name, in summary order."""
     found: Dict[str, Path] = {}
-    names = [teacher_name(k) for k in range(run.config.teachers.count)] + [BASELINE, STUDENT]
+    names = [teacher_name(k) for k in run.config.teachers.indices()] + [BASELINE, STUDENT]
     for name in names:
         path = run.checkpoint(name)
         if path.exists() and read_checkpoint(path).get("finished"):
@@ -62,7 +62,7 @@ def _predictions(run: RunDirectory, checkpoints: Dict[str, Path]
         out[name] = {split: predict_all(model, graph, ids) for split, ids in run.split.items() if len(ids)}
     teachers = [n for n in out if n.startswith("teacher_")]
     ordered: Dict[str, Dict[str, Predictions]] = {n: out[n] for n in teachers}
-    if len(teachers) == run.config.teachers.count:
+    if len(teachers) == len(run.config.teachers.indices()):
         ordered["ensemble"] = {s: mean_prediction([out[t][s] for t in teachers]) for s in out[teachers[0]]}
     ordered.update({n: out[n] for n in out if n not in teachers})
     return ordered, parameters

@@ -32,7 +32,8 @@ def test_study_two_seeds_and_a_variant(tmp_path: Path, capsys: pytest.CaptureFix
     config, out = write_tiny_config(tmp_path, epochs=2), tmp_path / "study"
     argv = [str(config), "--out", str(out), "--seeds", "2", "--jobs", "2",
             "--variant", "small:student.model={n_features = 4, n_sensitivities = 4, n_atom_layers = 1, "
-                         "cutoff = 4.0, soft_max = 3.5};baseline.enabled=false"]
+                         "cutoff = 4.0, soft_max = 3.5};baseline.enabled=false",
+            "--variant", "one teacher:teachers.subset=[1];baseline.enabled=false"]
     assert main(argv) == 0
     report = json.loads((out / "study.json").read_text())
     runs = {seed: json.loads((out / f"seed_{seed}" / "summary.json").read_text()) for seed in (0, 100)}
@@ -53,6 +54,16 @@ def test_study_two_seeds_and_a_variant(tmp_path: Path, capsys: pytest.CaptureFix
     assert (out / "seed_0-small" / "student").exists() and not (out / "seed_0-small" / "baseline").exists()
     assert report["models"]["student (small)"]["force_rmse"]["n"] == 2
     assert report["parameters"]["student (small)"] < report["parameters"]["student"]
+    # a subset of the pool: only teacher_1 copied, labels made again by it alone, its ensemble
+    # reported (teacher_1 itself), its student compared with the seed's baseline
+    assert sorted(p.name for p in (out / "seed_0-one teacher" / "teachers").iterdir()) == ["teacher_1"]
+    one = {s: json.loads((out / f"seed_{s}-one teacher" / "summary.json").read_text()) for s in (0, 100)}
+    assert report["models"]["ensemble (one teacher)"]["force_rmse"]["values"] == pytest.approx(
+        [runs[s]["models"]["teacher_1"]["test"]["force_rmse"] for s in (0, 100)], rel=1e-6)
+    assert report["models"]["student / baseline (one teacher)"]["force_rmse"]["values"] == pytest.approx(
+        [one[s]["models"]["student"]["test"]["force_rmse"] / runs[s]["models"]["baseline"]["test"]["force_rmse"]
+         for s in (0, 100)])
+    assert "baseline (one teacher)" not in report["models"]
     table = (out / "study.md").read_text()
     assert "| student (small) | 2 |" in table and "student / baseline" in table
     # the uncertainties' calibration over the seeds, and the student's ρ over the ensemble's

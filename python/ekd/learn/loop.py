@@ -269,7 +269,7 @@ def sample_round(learning: Learning, k: int, run: RunDirectory) -> Dict[str, Any
     student_path = run.checkpoint(STUDENT)
     if not path.exists():
         settings, seed = learning.config.learn, learning.config.run.seed
-        teachers = Teachers([load_model(run.checkpoint(teacher_name(t))) for t in range(run.config.teachers.count)],
+        teachers = Teachers([load_model(run.checkpoint(teacher_name(t))) for t in run.config.teachers.indices()],
                             run.elements, run.dtype, run.config.run.device, run.config.labels.batch_size)
         first_train = np.asarray(json.loads((learning.round_dir(0) / "split.json").read_text())["train"])
         starts = starting_structures(run.data, first_train, settings, np.random.default_rng([seed, 11]))

@@ -28,6 +28,7 @@ def collect(tasks: Sequence[Task], out: Path) -> Dict[str, Any]:
     rows: Dict[str, Dict[str, List[float]]] = {}
     parameters: Dict[str, int] = {}
     seeds: Dict[str, List[int]] = {}
+    baselines = _main_baselines(tasks, out)
     for task in tasks:
         path = RunLayout(out / task.name).summary_json
         if not path.exists():
@@ -35,8 +36,10 @@ def collect(tasks: Sequence[Task], out: Path) -> Dict[str, Any]:
         summary = json.loads(path.read_text())
         models = summary["models"]
         for model, splits in models.items():
-            if task.variant and model not in ("student", "baseline"):
-                continue  # a variant's teachers and ensemble are its seed's, already counted
+            if task.variant and model not in ("student", "baseline", "ensemble"):
+                continue  # a variant's teachers are its seed's, already counted
+            if task.variant and model == "ensemble" and not task.config.teachers.subset:
+                continue  # so is its ensemble, unless it uses a subset of them
             label = f"{model} ({task.variant})" if task.variant else model
             test = splits.get("test") or {}
             for metric in METRICS:
@@ -44,15 +47,30 @@ def collect(tasks: Sequence[Task], out: Path) -> Dict[str, Any]:
                     rows.setdefault(label, {}).setdefault(metric, []).append(test[metric])
             parameters[label] = summary["training"].get(model, {}).get("parameters", 0)
             seeds.setdefault(label, []).append(task.seed)
-        if "student" in models and "baseline" in models:
+        # a variant without a baseline of its own (baseline.enabled = false) is compared with its seed's
+        baseline_model = models.get("baseline") or baselines.get(task.seed)
+        if "student" in models and baseline_model is not None:
             label = f"student / baseline ({task.variant})" if task.variant else "student / baseline"
             for metric in ("energy_rmse", "force_rmse"):
-                student, baseline = models["student"]["test"].get(metric), models["baseline"]["test"].get(metric)
+                student, baseline = models["student"]["test"].get(metric), baseline_model["test"].get(metric)
                 if student is not None and baseline:
                     rows.setdefault(label, {}).setdefault(metric, []).append(student / baseline)
             seeds.setdefault(label, []).append(task.seed)
     return {"models": {label: {m: mean_spread(v) for m, v in metrics.items()} for label, metrics in rows.items()},
             "parameters": parameters, "seeds": seeds, "uncertainty": collect_uncertainty(tasks, out)}
+
+
+def _main_baselines(tasks: Sequence[Task], out: Path) -> Dict[int, Any]:
+    """Per seed, the main run's baseline (a variant with `baseline.enabled = false` is compared
+    with it: same architecture, data and seed)."""
+    found: Dict[int, Any] = {}
+    for task in tasks:
+        path = RunLayout(out / task.name).summary_json
+        if not task.variant and path.exists():
+            baseline = json.loads(path.read_text())["models"].get("baseline")
+            if baseline is not None:
+                found[task.seed] = baseline
+    return found
 
 
 def collect_uncertainty(tasks: Sequence[Task], out: Path) -> Dict[str, Any]:
@@ -65,7 +83,7 @@ def collect_uncertainty(tasks: Sequence[Task], out: Path) -> Dict[str, Any]:
             continue
         found = json.loads(path.read_text()).get("uncertainty", {})
         for model, splits in found.items():
-            if task.variant and model != "student":
+            if task.variant and model != "student" and not (model == "ensemble" and task.config.teachers.subset):
                 continue
             label = f"{model} ({task.variant})" if task.variant else model
             for metric in UNCERTAINTY_METRICS:

@@ -54,7 +54,7 @@ STAGES = ("teachers", "label", "augment", "student", "summary", "all")
 def train_teachers(run: RunDirectory, resume: bool, dist: Optional[Context] = None) -> None:
     """Each teacher learns the energies only, from its own seed (and resample, if configured)."""
     settings = run.config.teachers
-    for k in range(settings.count):
+    for k in settings.indices():
         if not mine(run, dist, k):
             continue
         kind, hyperparameters, seed = settings.member(k, run.config.run.seed)
@@ -322,9 +322,9 @@ def fit(run: RunDirectory, model: Potential, train_ids: np.ndarray, settings: Tr
 
 
 def teacher_checkpoints(run: RunDirectory) -> List[Path]:
-    """Checkpoints of every teacher, refusing to go on with unfinished ones."""
+    """Checkpoints of every teacher this run uses, refusing to go on with unfinished ones."""
     paths = []
-    for k in range(run.config.teachers.count):
+    for k in run.config.teachers.indices():
         path = run.checkpoint(teacher_name(k))
         if not path.exists() or not read_checkpoint(path).get("finished"):
             raise EkdError(f"{teacher_name(k)} is not trained yet ({path}); run the 'teachers' stage first")
@@ -363,23 +363,34 @@ def on_main(dist: Optional[Context], work: Callable[[], Any]) -> Any:
 
 def adopt_teachers(source: Path, config: RunConfig, out: Path) -> None:
     """Copy another run's finished teachers (and labels) into `out`, if that run used the same
-    data, split, references and teacher settings; the label and summary stages check hashes."""
+    data, split, references and teacher settings; the label and summary stages check hashes.
+    With `[teachers] subset` only those teachers are copied, and the labels (of other teachers)
+    are made again."""
     theirs, ours = RunLayout(Path(source)), RunLayout(Path(out))
     saved_path = theirs.config_path
     if not saved_path.exists():
         raise EkdError(f"--teachers-from {source}: not a run directory (no config.toml)")
     saved, current = tomllib.loads(saved_path.read_text()), tomllib.loads(config_to_toml(config))
     for table in ("data", "split", "references", "teachers"):
-        if saved.get(table) != current.get(table):
+        if _without_subset(saved.get(table)) != _without_subset(current.get(table)):
             raise EkdError(f"--teachers-from {source}: its [{table}] differs from this config's; its teachers "
                            "would not be the ones this run asks for")
     if ours.teachers_dir.exists():
         raise EkdError(f"--teachers-from: {out} already has teachers")
-    shutil.copytree(theirs.teachers_dir, ours.teachers_dir)
-    for path in ("labels_path", "augmented_path"):  # the stages check they belong to this run
-        if getattr(theirs, path).exists():
-            shutil.copy2(getattr(theirs, path), getattr(ours, path))
+    for k in config.teachers.indices():
+        if not theirs.checkpoint(teacher_name(k)).exists():
+            raise EkdError(f"--teachers-from {source}: it has no {teacher_name(k)}")
+        shutil.copytree(theirs.model_dir(teacher_name(k)), ours.model_dir(teacher_name(k)))
+    if saved.get("teachers", {}).get("subset", []) == current["teachers"].get("subset", []):
+        for path in ("labels_path", "augmented_path"):  # the stages check they belong to this run
+            if getattr(theirs, path).exists():
+                shutil.copy2(getattr(theirs, path), getattr(ours, path))
     print(f"reusing the teachers of {source}", flush=True)
+
+
+def _without_subset(table: Any) -> Any:
+    """A config table without `subset`: runs that use different teachers of one pool share it."""
+    return {k: v for k, v in table.items() if k != "subset"} if isinstance(table, dict) else table
 
 
 def run_stages(config: RunConfig, out: Path, stage: str, resume: bool, progress: bool = True,
