@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from ekd.bench.__main__ import main
+from ekd.bench.flops import matmul_flops
 
 
 def test_quick_benchmark_report(tiny_run: Path, tmp_path: Path) -> None:
@@ -25,8 +28,13 @@ def test_quick_benchmark_report(tiny_run: Path, tmp_path: Path) -> None:
             assert math.isfinite(run[key]) and run[key] > 0, key
         assert math.isfinite(run["overhead"])
     assert report["ratios"] and report["ratios"][0]["speed"] > 0
+    fractions = {r["model"]: r for r in report["machine_fraction"]}  # the model alone against sgemm
+    assert set(fractions) == {"student", "teacher_0"}
+    assert fractions["teacher_0"]["mflop_per_atom"] > fractions["student"]["mflop_per_atom"] > 0
+    for row in fractions.values():
+        assert 0 < row["of_sgemm"] < 1.5 and row["sgemm_gflops"] > 0
     assert report["accuracy"]["student"]["energy_rmse"] > 0
-    assert (tmp_path / "bench.md").read_text().count("| student |") == 2          # LAMMPS table, ASE table
+    assert (tmp_path / "bench.md").read_text().count("| student |") == 3  # LAMMPS, FLOP rate and ASE tables
     assert (tmp_path / "bench.png").stat().st_size > 1000
 
 
@@ -63,3 +71,24 @@ def test_model_alone_failing_is_reported_not_fatal(tmp_path: Path, capsys: pytes
     assert time_model_in_child(tmp_path / "junk.pt", box, threads=1, folder=tmp_path / "run") is None
     printed = capsys.readouterr().out
     assert "model alone: " in printed and "junk.pt failed: " in printed, printed
+
+
+def test_matmul_flops_by_hand() -> None:
+    """2 FLOPs per multiply-add of mm, addmm and bmm, counted through TorchScript and in the
+    backward of a gradient taken inside it, as in an exported model's call."""
+    class Toy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(5, 7)  # addmm (3, 5) @ (5, 7)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            x = x.requires_grad_()
+            energy = (torch.bmm(self.linear(x).unsqueeze(0), y) ** 2).sum()  # (1, 3, 7) @ (1, 7, 2)
+            grad = torch.autograd.grad([energy], [x])[0]
+            assert grad is not None
+            return grad
+
+    x, y = torch.randn(3, 5), torch.randn(1, 7, 2)
+    forward = 2 * 3 * 5 * 7 + 2 * 3 * 7 * 2
+    backward = 2 * 3 * 2 * 7 + 2 * 3 * 7 * 5  # bmm's grad to its input, the linear's grad to x
+    assert matmul_flops(torch.jit.script(Toy()), (x, y)) == forward + backward

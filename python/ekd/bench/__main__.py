@@ -200,6 +200,7 @@ def benchmark(args: argparse.Namespace) -> int:
                     report["runs"] = list(best.values())
                     report["ratios"] = report_module.ratios(report["runs"])
                     report["memory_per_atom"] = report_module.marginal_memory(report["runs"])
+                    report["machine_fraction"] = report_module.machine_fraction(report)
                     report_module.write(report, out)  # partial results survive a failure later on
                     status = (f"{result['katom_step_per_s']:.3g} katom-step/s, {result['peak_rss_mb']:.0f} MB"
                               if result["ok"] else f"FAILED: {result['error']}")
@@ -224,6 +225,13 @@ def time_alone(report: Dict[str, Any], name: str, model: Path, box: Any, threads
     if "added_mb" in timing:
         report.setdefault("model_alone_mb", {})[key] = float(timing["added_mb"])
         memory = f", {float(timing['added_mb']):.0f} MB added"
+    if "matmul_flops" in timing:
+        report.setdefault("model_flops", {})[key] = {"matmul_flops": int(timing["matmul_flops"]),
+                                                     "sgemm_gflops": float(timing["sgemm_gflops"]),
+                                                     "threads": threads}
+        rate = timing["matmul_flops"] / seconds / 1e9
+        memory += (f", {rate:.1f} GFLOP/s in matrix products ({rate / timing['sgemm_gflops']:.0%} of this "
+                   f"process's sgemm, {timing['sgemm_gflops']:.0f} GFLOP/s)")
     print(f"{'ASE MD' if ase_md else 'model alone'}: {name}, {len(box)} atoms: {seconds * 1e3:.1f} ms/step{memory}",
           flush=True)
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import ase.io
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 from ase import Atoms
 
 from ..export import graph_of, load_exported
+from .flops import matmul_flops, sgemm_gflops
 
 
 def keep_tensor_memory() -> None:
@@ -43,10 +44,11 @@ def keep_tensor_memory() -> None:
     mallopt(m_trim_threshold, 2**31 - 1)
 
 
-def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup: int = 2) -> tuple[float, float]:
-    """Median seconds per call of the exported model on `atoms`, and the resident memory (MB)
-    the calls added to the process's peak (the model's working memory: its tensors and what
-    autograd keeps; on Linux, else NaN)."""
+def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup: int = 2) -> Dict[str, float]:
+    """One call of the exported model on `atoms`: median "seconds", the resident memory (MB) the
+    calls added to the process's peak ("added_mb": the model's working memory, its tensors and
+    what autograd keeps; on Linux, else NaN), its matrix-product FLOPs ("matmul_flops") and this
+    process's float32 GEMM rate on the same threads ("sgemm_gflops", `flops.py`)."""
     keep_tensor_memory()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -67,9 +69,12 @@ def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup
                 module(*args)
                 times.append(time.perf_counter() - start)
         added = _status_mb("VmHWM") - before
+        with torch.jit.optimized_execution(False):
+            flops = matmul_flops(module, args)
     finally:
         torch.set_num_threads(previous)
-    return float(np.median(times)), added
+    return {"seconds": float(np.median(times)), "added_mb": added, "matmul_flops": flops,
+            "sgemm_gflops": sgemm_gflops(threads)}
 
 
 def _status_mb(field: str) -> float:
@@ -107,7 +112,8 @@ def time_ase_md(model: Path, atoms: Atoms, threads: int, steps: int = 20, warmup
 def time_model_in_child(model: Path, atoms: Atoms, threads: int, folder: Path, ase_md: bool = False
                         ) -> Optional[dict]:
     """`time_model` (or with `ase_md`, `time_ase_md`) in a child process: {"seconds", and for the
-    model alone "added_mb"}; None (and the reason printed) if it fails."""
+    model alone "added_mb", "matmul_flops", "sgemm_gflops"}; None (and the reason printed) if it
+    fails."""
     folder.mkdir(parents=True, exist_ok=True)
     box = folder / "box.extxyz"
     ase.io.write(box, atoms)
@@ -124,7 +130,8 @@ def time_model_in_child(model: Path, atoms: Atoms, threads: int, folder: Path, a
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ekd.bench.model_timing",
                                      description="Median seconds of one call of an exported model on a box, "
-                                                 "and the memory the calls add (JSON on the last line).")
+                                                 "the memory the calls add, its matrix-product FLOPs and this "
+                                                 "machine's float32 GEMM rate (JSON on the last line).")
     parser.add_argument("model", type=Path, help="exported model (.pt)")
     parser.add_argument("box", type=Path, help="periodic box (any file ase.io reads)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
@@ -134,8 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ase_md:
         print(json.dumps({"seconds": time_ase_md(args.model, atoms, threads=args.threads)}))
     else:
-        seconds, added_mb = time_model(args.model, atoms, threads=args.threads)
-        print(json.dumps({"seconds": seconds, "added_mb": added_mb}))
+        print(json.dumps(time_model(args.model, atoms, threads=args.threads)))
     return 0
 
 

@@ -44,9 +44,44 @@ def markdown(report: Dict[str, Any]) -> str:
                   "| atoms | ranks | throughput ratio | memory ratio |", "|---:|---:|---:|---:|"]
         for r in report["ratios"]:
             lines.append(f"| {r['atoms']} | {r['ranks']} | {_f(r['speed'])}× | {_f(r['memory'])} |")
+    lines += _flop_lines(report)
     lines += _memory_lines(report)
     lines += _ase_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def machine_fraction(report: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per model and size, the model alone against this machine's GEMM rate: matrix-product
+    FLOPs per atom, the rate they ran at (FLOPs / the model's fastest time) and its fraction of
+    the float32 GEMM rate measured in the same child process (`bench/flops.py`)."""
+    out = []
+    for key, counted in report.get("model_flops", {}).items():
+        seconds = report["model_alone"].get(key)
+        if not seconds:
+            continue
+        name, atoms = key.rsplit("@", 1)
+        rate = counted["matmul_flops"] / seconds / 1e9
+        out.append({"model": name, "atoms": int(atoms), "threads": counted["threads"],
+                    "mflop_per_atom": counted["matmul_flops"] / int(atoms) / 1e6,
+                    "us_per_atom": seconds / int(atoms) * 1e6, "gflops": rate,
+                    "sgemm_gflops": counted["sgemm_gflops"], "of_sgemm": rate / counted["sgemm_gflops"]})
+    return out
+
+
+def _flop_lines(report: Dict[str, Any]) -> List[str]:
+    rows = machine_fraction(report)
+    if not rows:
+        return []
+    lines = ["", "The model alone against this machine: matrix-product FLOPs (mm, addmm, bmm; forward and the "
+             "backward the forces need) of one call, the rate they ran at, and its fraction of float32 GEMM "
+             f"(n = 1024) on the same threads in the same process:", "",
+             "| model | atoms | threads | matmul MFLOP per atom | µs per atom | GFLOP/s | sgemm GFLOP/s | of sgemm |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['atoms']} | {r['threads']} | {_f(r['mflop_per_atom'])} | "
+                     f"{_f(r['us_per_atom'])} | {_f(r['gflops'])} | {_f(r['sgemm_gflops'])} | "
+                     f"{r['of_sgemm']:.1%} |")
+    return lines
 
 
 def marginal_memory(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

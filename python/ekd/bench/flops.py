@@ -1,0 +1,47 @@
+"""How close the model comes to this machine's matrix-multiply peak: the matrix-product FLOPs of
+one call of an exported model (`torch.utils.flop_counter`, which sees TorchScript's operators
+too: mm, addmm, bmm, forward and the backward the forces need), and the single-precision GEMM
+rate of this process on the same threads, measured in the same run.
+
+The FLOPs are those the model executes, empty slots of HIP-NN's padded neighbour layout
+included; element-wise work (sensitivities, activations, gathers, scatter-adds) is not
+counted: it is what keeps a model below the GEMM rate.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+GEMM_SIZE = 1024  # n of the n × n float32 product timed for the machine's rate (cache-blocked, compute-bound)
+
+
+def matmul_flops(module: Any, args: Sequence[Any]) -> int:
+    """Matrix-product FLOPs (2 per multiply-add) of one call of `module` on `args`."""
+    with FlopCounterMode(display=False) as counter:
+        module(*args)
+    return int(counter.get_total_flops())
+
+
+def sgemm_gflops(threads: int, repeats: int = 7) -> float:
+    """This process's float32 GEMM rate (GFLOP/s) on `threads` threads: the best of `repeats`
+    n × n products, n = GEMM_SIZE."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randn(GEMM_SIZE, GEMM_SIZE, generator=generator)
+        b = torch.randn(GEMM_SIZE, GEMM_SIZE, generator=generator)
+        out = torch.empty(GEMM_SIZE, GEMM_SIZE)
+        torch.mm(a, b, out=out)  # warm-up: threads and pages
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2.0 * GEMM_SIZE**3 / best / 1e9
