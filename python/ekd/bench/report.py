@@ -74,7 +74,7 @@ def _flop_lines(report: Dict[str, Any]) -> List[str]:
         return []
     lines = ["", "The model alone against this machine: matrix-product FLOPs (mm, addmm, bmm; forward and the "
              "backward the forces need) of one call, the rate they ran at, and its fraction of float32 GEMM "
-             f"(n = 1024) on the same threads in the same process:", "",
+             "(n = 1024) on the same threads in the same process:", "",
              "| model | atoms | threads | matmul MFLOP per atom | µs per atom | GFLOP/s | sgemm GFLOP/s | of sgemm |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
