@@ -100,13 +100,17 @@ def _mpi_include(libmpi: Path) -> Path:
 
 
 def _cmake_args(build_dir: Path, cuda: bool | None) -> list[str]:
-    """The cmake configure command for this Python environment."""
+    """The cmake configure command for this Python environment (and EKD_CMAKE_ARGS, split at
+    spaces, e.g. a library CMake does not find by itself)."""
     import torch
 
     include, library = _lammps_paths()
     libmpi = mpi_library()
     if cuda is None:
         cuda = torch.version.cuda is not None
+    # a CUDA build of libtorch asks CMake for the CUDA toolkit (headers, libcudart): CUDA_HOME
+    toolkit = [f"-DCUDA_TOOLKIT_ROOT_DIR={os.environ['CUDA_HOME']}", f"-DCUDAToolkit_ROOT={os.environ['CUDA_HOME']}"] \
+        if cuda and os.environ.get("CUDA_HOME") else []
     return [
         "cmake",
         "-S", str(source_directory()),
@@ -119,7 +123,7 @@ def _cmake_args(build_dir: Path, cuda: bool | None) -> list[str]:
         f"-DMPI_LIBRARY={libmpi}",
         f"-DEKD_PYTHON={sys.executable}",
         f"-DEKD_ENABLE_CUDA={'ON' if cuda else 'OFF'}",
-    ]
+    ] + toolkit + os.environ.get("EKD_CMAKE_ARGS", "").split()
 
 
 def _run(cmd: list[str], verbose: bool, what: str) -> None:
@@ -136,8 +140,10 @@ def _run(cmd: list[str], verbose: bool, what: str) -> None:
         raise PluginError(f"{what} failed (exit code {result.returncode}):\n{tail}")
 
 
-def build(verbose: bool = False, cuda: bool | None = None, jobs: int | None = None) -> Path:
-    """Compile ``ekdplugin.so`` with CMake and install it into ``python/ekd/lib/``.
+def build(verbose: bool = False, cuda: bool | None = None, jobs: int | None = None,
+          prefix: Path | None = None) -> Path:
+    """Compile ``ekdplugin.so`` and ``libekdops.so`` with CMake and install them into
+    ``python/ekd/lib/`` (or ``prefix``, with its build tree in ``prefix/build``).
 
     Uses the torch, LAMMPS and MPI of the running Python environment; the build tree is
     ``build/plugin`` in the repository. ``cuda=None`` compiles the CUDA code paths when
@@ -147,20 +153,22 @@ def build(verbose: bool = False, cuda: bool | None = None, jobs: int | None = No
         raise PluginError("cmake not found on PATH; install it (pip install cmake, or apt-get install cmake)")
     if not any(shutil.which(cxx) for cxx in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if cxx):
         raise PluginError("no C++ compiler found (c++, g++, clang++ or $CXX); install one, e.g. apt-get install g++")
-    build_dir = source_directory() / "build" / "plugin"
+    build_dir = source_directory() / "build" / "plugin" if prefix is None else Path(prefix).resolve() / "build"
+    install_dir = plugin_directory() if prefix is None else str(Path(prefix).resolve())
     jobs = jobs or os.cpu_count() or 1
     start = time.perf_counter()
     _run(_cmake_args(build_dir, cuda), verbose, "cmake configure")
     configured = time.perf_counter()
     _run(["cmake", "--build", str(build_dir), "-j", str(jobs)], verbose, "cmake build")
     built = time.perf_counter()
-    _run(["cmake", "--install", str(build_dir), "--prefix", plugin_directory()], verbose, "cmake install")
+    _run(["cmake", "--install", str(build_dir), "--prefix", install_dir], verbose, "cmake install")
+    installed = Path(install_dir) / PLUGIN_NAME
     print(
-        f"ekd: built {plugin_path()} in {built - start:.1f} s "
+        f"ekd: built {installed} in {built - start:.1f} s "
         f"(configure {configured - start:.1f} s, compile {built - configured:.1f} s)",
         flush=True,
     )
-    return plugin_path()
+    return installed
 
 
 def load_mpi() -> None:
