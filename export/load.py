@@ -22,6 +22,7 @@ import torch
 
 from ekd.errors import DataError, ModelFileError
 from ekd.models.io import CHECKPOINT_NAME
+from ekd.models.operators import fused_available
 
 from .metadata import MAX_METADATA_BYTES, METADATA_NAME, Metadata
 
@@ -139,9 +140,13 @@ def load_exported(path: Path | str, device: str | torch.device = "cpu") -> Expor
         raise ModelFileError(f"model file not found: {path}")
     _check_pickles(path)
     extra = {METADATA_NAME: ""}
+    fused = fused_available()  # HIP-NN files exported with ekd's operators call them
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as err:  # torch raises RuntimeError or ValueError for damaged or foreign archives
+        if not fused and "ekd::" in str(err):
+            raise ModelFileError(f"{path}: this model calls ekd's fused operators (libekdops.so), which are not "
+                                 "loaded: build them with python -m ekd.plugin build (or unset EKD_FUSED=0)") from None
         raise ModelFileError(f"{path}: not a TorchScript file ({type(err).__name__})") from None
     return ExportedModel(path, module, Metadata.from_json(extra[METADATA_NAME], path), torch.device(device))
 

@@ -19,13 +19,14 @@ import torch
 import ekd
 from ekd.errors import ModelFileError
 from ekd.models import Ensemble, Potential
+from ekd.models.operators import uses_ekd_operators
 from ekd.models.potential import has_uncertainty
 
 from .module import exchange_features
 
 METADATA_NAME = "ekd.json"
 FORMAT = "ekd-potential"
-FORMAT_VERSION = 2   # the newest this ekd reads; 2 added atom_uncertainty (CONTRACT.md §2c)
+FORMAT_VERSION = 3   # the newest this ekd reads; 2 added atom_uncertainty (CONTRACT.md §2c), 3 ekd's operators (§2e)
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,9 @@ def make_metadata(model: Potential, dtype: torch.dtype, checkpoint_sha256: List[
         members=len(model.members) if isinstance(model, Ensemble) else 1,
         exchange_features=exchange_features(model),
         atom_uncertainty=has_uncertainty(model),
-        # the oldest version whose readers run the file: version 1 readers know no uncertainty
-        format_version=2 if has_uncertainty(model) else 1,
+        # the oldest version whose readers run the file: version 1 readers know no uncertainty,
+        # version 2 readers have no ekd operators
+        format_version=3 if uses_ekd_operators(model) else 2 if has_uncertainty(model) else 1,
         uncertainty_scale=float(model.uncertainty_head.scale) if has_uncertainty(model) else 1.0,
         provenance={"checkpoint_sha256": list(checkpoint_sha256), "ekd_version": ekd.__version__,
                     "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},

@@ -28,8 +28,9 @@ using ekd::join;
 using ekd::shown;
 
 namespace {
-// 2 added atom_uncertainty / forward_with_uncertainty (CONTRACT.md); files of version 1 still load
-constexpr int EKD_FORMAT_VERSION = 2;
+// 2 added atom_uncertainty / forward_with_uncertainty, 3 ekd's operators (CONTRACT.md; the
+// plugin links libekdops.so); files of versions 1 and 2 still load
+constexpr int EKD_FORMAT_VERSION = 3;
 constexpr double kMaxCutoff = 30.0;    // Angstrom; export/metadata.py has the same bound
 }    // namespace
 
@@ -202,7 +203,7 @@ void EKDModel::read_metadata(const std::string &json_text)
   for (const char *unit_key : {"energy_unit", "length_unit"}) {
     const char *expected = std::strcmp(unit_key, "energy_unit") == 0 ? "eV" : "Angstrom";
     if (meta.has_string(unit_key) && meta.strings[unit_key] != expected)
-      error->all(FLERR, "pair_style ekd: {} has {} '{}'; format versions 1 and 2 require '{}'",
+      error->all(FLERR, "pair_style ekd: {} has {} '{}'; format versions 1 to 3 require '{}'",
                  path, unit_key, shown(meta.strings[unit_key]), expected);
   }
 }

@@ -15,6 +15,7 @@ from ekd.errors import ModelFileError
 from ekd.export import METADATA_NAME, Metadata, graph_of, read_metadata, verify, deploy
 from ekd.export.__main__ import main as export_main
 from ekd.models import load_model
+from ekd.models.operators import fused_available
 from ekd.run_directory import open_run
 from ekd.training import predict_all
 
@@ -63,7 +64,8 @@ def test_exported_file_equals_training_model(tiny_run: Path, exported: dict, mod
 
 def test_metadata(tiny_run: Path, exported: dict) -> None:
     meta = read_metadata(exported["teacher_0_float32"])
-    assert meta.format == "ekd-potential" and meta.format_version == 1
+    # the oldest version whose readers run it: 3 for a HIP-NN calling ekd's operators (§2e)
+    assert meta.format == "ekd-potential" and meta.format_version == (3 if fused_available() else 1)
     assert meta.elements == list(json.loads((tiny_run / "references.json").read_text()))
     assert meta.dtype == "float32" and meta.num_interactions == 2
     assert meta.receptive_field == pytest.approx(2 * meta.cutoff)
@@ -173,15 +175,16 @@ def test_older_metadata_still_loads(tmp_path: Path, exported: dict) -> None:
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_student_uncertainty_in_the_file_equals_eager(tiny_run: Path, exported: dict, dtype: str) -> None:
-    """A student with an uncertainty head exports as format version 2 with
+    """A student with an uncertainty head exports as format version 2 (3 with ekd's operators) with
     `forward_with_uncertainty` (CONTRACT.md §2c): the training model's uncertainty (float64) per
     atom, on the whole-graph path and from the last layer's features on the layer path."""
     from ekd.export.module import chain_layers
     from ekd.export.samples import sample_graphs
 
     meta = read_metadata(exported[f"student_{dtype}"])
-    assert meta.format_version == 2 and meta.atom_uncertainty and meta.uncertainty_scale == 1.0
-    assert read_metadata(exported[f"teacher_0_{dtype}"]).format_version == 1
+    assert meta.format_version == (3 if fused_available() else 2) and meta.atom_uncertainty
+    assert meta.uncertainty_scale == 1.0
+    assert read_metadata(exported[f"teacher_0_{dtype}"]).format_version == (3 if fused_available() else 1)
     eager = load_model(tiny_run / "student/checkpoint.pt")
     module = torch.jit.load(str(exported[f"student_{dtype}"]))
     tolerance = TOLERANCE[dtype]
@@ -206,3 +209,21 @@ def test_every_key_of_the_wrong_type_is_refused_or_harmless(exported: dict) -> N
                 Metadata.from_json(text, Path("x.pt"))
             except ModelFileError as err:
                 assert str(err).startswith("x.pt: "), err
+
+
+@pytest.mark.skipif(not fused_available(), reason="ekd's operators are not built")
+def test_file_calling_ekd_operators_without_them_names_the_library(exported: dict) -> None:
+    """A reader without ekd's operators (here: EKD_FUSED=0) refuses a file that calls them
+    (format version 3, CONTRACT.md §2e) with a message naming the library and how to build it."""
+    import os
+    import subprocess
+    import sys
+
+    path = exported["teacher_0_float32"]
+    code = ("from ekd.export import load_exported\n"
+            "from ekd.errors import ModelFileError\n"
+            f"try:\n    load_exported({str(path)!r})\nexcept ModelFileError as err:\n    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "EKD_FUSED": "0"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert str(path) in done.stdout and "libekdops.so" in done.stdout and "python -m ekd.plugin build" in done.stdout

@@ -247,7 +247,7 @@ write_dump all custom final.dump id x y z modify sort id format float %.17g
     ("units_lj", "not 'units lj'"),
     ("bad_keyword", "unknown keyword 'colour'"),
     ("bad_heap", "keyword 'heap' needs a value: keep or system"),
-    ("newer_format", "newer.pt has format_version 99 but this plugin reads format_version 2 at most"),
+    ("newer_format", "newer.pt has format_version 99 but this plugin reads format_version 3 at most"),
     ("bad_exchange", "keyword 'exchange' needs a value: yes or no"),
     ("bad_blocks", "keyword 'blocks' needs a value: auto .the file's choice., yes or no"),
     ("blocks_without_methods", "'blocks yes' but .*hipnn1_float64.pt cannot be evaluated in blocks"),

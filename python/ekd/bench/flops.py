@@ -4,8 +4,9 @@ too: mm, addmm, bmm, forward and the backward the forces need), and the single-p
 rate of this process on the same threads, measured in the same run.
 
 The FLOPs are those the model executes, empty slots of HIP-NN's padded neighbour layout
-included; element-wise work (sensitivities, activations, gathers, scatter-adds) is not
-counted: it is what keeps a model below the GEMM rate.
+included; ekd's neighbour sums (`models/neighbour_sum.cpp`, which replace that layout's batched
+products) count 2·edges·ν·F each, their multiply-adds. Element-wise work (sensitivities,
+activations, gathers, scatter-adds) is not counted: it is what keeps a model below the GEMM rate.
 """
 
 from __future__ import annotations
@@ -14,13 +15,40 @@ import time
 from typing import Any, Sequence
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+from ..models.operators import fused_available
 
 GEMM_SIZE = 1024  # n of the n × n float32 product timed for the machine's rate (cache-blocked, compute-bound)
 
 
+_counted_ekd_operators = False
+
+
+def count_ekd_operators() -> None:
+    """Teach the FLOP counter ekd's neighbour sums (once; nothing if they are not loaded)."""
+    global _counted_ekd_operators
+    if _counted_ekd_operators or not fused_available():
+        return
+    _counted_ekd_operators = True
+
+    @register_flop_formula(torch.ops.ekd.environment)
+    def environment(s_shape: Any, z_shape: Any, *args: Any, **kwargs: Any) -> int:
+        return 2 * s_shape[0] * s_shape[1] * z_shape[1]
+
+    @register_flop_formula(torch.ops.ekd.edge_contraction)
+    def edge_contraction(g_shape: Any, z_shape: Any, row_ptr: Any, senders_shape: Any, *args: Any,
+                         **kwargs: Any) -> int:
+        return 2 * senders_shape[0] * g_shape[1] * g_shape[2]
+
+    @register_flop_formula(torch.ops.ekd.sender_sum)
+    def sender_sum(s_shape: Any, g_shape: Any, *args: Any, **kwargs: Any) -> int:
+        return 2 * s_shape[0] * s_shape[1] * g_shape[2]
+
+
 def matmul_flops(module: Any, args: Sequence[Any]) -> int:
     """Matrix-product FLOPs (2 per multiply-add) of one call of `module` on `args`."""
+    count_ekd_operators()
     with FlopCounterMode(display=False) as counter:
         module(*args)
     return int(counter.get_total_flops())

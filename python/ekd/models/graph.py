@@ -84,6 +84,38 @@ def degree_blocks(receivers: torch.Tensor, slots: torch.Tensor, n_rows: int, n_n
     return cell, position, counts, widths
 
 
+def padded_blocks(sensitivity: torch.Tensor, senders: torch.Tensor, cell: torch.Tensor, counts: List[int],
+                  widths: List[int]) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """The sensitivities of every block of `graph.degree_blocks` as (rows, ν, width), and one
+    table of 1 + the sender of every slot of every block (0 in empty slots: a row of zeros)."""
+    sizes = [count * width for count, width in zip(counts, widths)]
+    total = 0
+    for size in sizes:
+        total += size
+    # split, not slices: its backward is one concatenation, not a zero-filled table per block
+    # (and no split of a single block, whose backward would copy the whole table)
+    table = cell_sum(sensitivity, cell, total)
+    tables = [table] if len(sizes) == 1 else table.split(sizes)
+    sensitivities = [table.view(count, width, sensitivity.shape[1]).transpose(1, 2)
+                     for table, count, width in zip(tables, counts, widths)]
+    return sensitivities, cell_sum((senders + 1).unsqueeze(-1), cell, total).squeeze(-1)
+
+
+def padded_environment(z: torch.Tensor, sensitivities: List[torch.Tensor], slot_senders: torch.Tensor) -> torch.Tensor:
+    """Σ_j s_ν(r_ij) z_j as (R, ν, F), rows in the blocks' (degree) order."""
+    # one gather of every slot's sender features (its backward one scatter-add; index_select is
+    # several times faster on CPU than advanced indexing), split into the blocks
+    with_zero_row = torch.cat([z.new_zeros(1, z.shape[1]), z])
+    neighbours = with_zero_row.index_select(0, slot_senders)
+    sizes = [s.shape[0] * s.shape[2] for s in sensitivities]
+    blocks = [neighbours] if len(sizes) == 1 else neighbours.split(sizes)
+    environments: List[torch.Tensor] = []
+    for sensitivity_t, block in zip(sensitivities, blocks):
+        environments.append(torch.bmm(sensitivity_t, block.view(sensitivity_t.shape[0], sensitivity_t.shape[2],
+                                                                 z.shape[1])))
+    return environments[0] if len(environments) == 1 else torch.cat(environments)
+
+
 def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """Sum rows of `values` into `size` bins given by `index`."""
     out = torch.zeros((size,) + values.shape[1:], dtype=values.dtype, device=values.device)

@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .graph import cell_index, cell_sum, degree_blocks, neighbor_slots, rows_per_layer
+from .graph import cell_index, cell_sum, rows_per_layer
+from .neighbour_sum import neighbour_sum
 from .potential import Potential
 from .radial import InverseGaussianSensitivity
 
@@ -71,38 +72,6 @@ class HIPNNConfig:
 
 
 BLOCK_ROWS = 1024  # rows per block of the padded layout (a block's tensors stay in cache)
-
-
-def padded_blocks(sensitivity: torch.Tensor, senders: torch.Tensor, cell: torch.Tensor, counts: List[int],
-                  widths: List[int]) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """The sensitivities of every block of `graph.degree_blocks` as (rows, ν, width), and one
-    table of 1 + the sender of every slot of every block (0 in empty slots: a row of zeros)."""
-    sizes = [count * width for count, width in zip(counts, widths)]
-    total = 0
-    for size in sizes:
-        total += size
-    # split, not slices: its backward is one concatenation, not a zero-filled table per block
-    # (and no split of a single block, whose backward would copy the whole table)
-    table = cell_sum(sensitivity, cell, total)
-    tables = [table] if len(sizes) == 1 else table.split(sizes)
-    sensitivities = [table.view(count, width, sensitivity.shape[1]).transpose(1, 2)
-                     for table, count, width in zip(tables, counts, widths)]
-    return sensitivities, cell_sum((senders + 1).unsqueeze(-1), cell, total).squeeze(-1)
-
-
-def padded_environment(z: torch.Tensor, sensitivities: List[torch.Tensor], slot_senders: torch.Tensor) -> torch.Tensor:
-    """Σ_j s_ν(r_ij) z_j as (R, ν, F), rows in the blocks' (degree) order."""
-    # one gather of every slot's sender features (its backward one scatter-add; index_select is
-    # several times faster on CPU than advanced indexing), split into the blocks
-    with_zero_row = torch.cat([z.new_zeros(1, z.shape[1]), z])
-    neighbours = with_zero_row.index_select(0, slot_senders)
-    sizes = [s.shape[0] * s.shape[2] for s in sensitivities]
-    blocks = [neighbours] if len(sizes) == 1 else neighbours.split(sizes)
-    environments: List[torch.Tensor] = []
-    for sensitivity_t, block in zip(sensitivities, blocks):
-        environments.append(torch.bmm(sensitivity_t, block.view(sensitivity_t.shape[0], sensitivity_t.shape[2],
-                                                                 z.shape[1])))
-    return environments[0] if len(environments) == 1 else torch.cat(environments)
 
 
 class InteractionLayer(nn.Module):
@@ -192,7 +161,8 @@ class HIPNN(Potential):
         nn.init.zeros_(self.species_energy.weight)
         widths = [len(elements)] + [config.n_features] * config.n_interactions
         self.blocks = nn.ModuleList([HIPNNBlock(n_in, config) for n_in in widths[:-1]])
-        self.block_rows = BLOCK_ROWS
+        self.block_rows = BLOCK_ROWS  # of the padded layout, where the fused operators are not used
+        self.neighbour_sum = neighbour_sum()  # fused (ekd's operators) or padded; no parameters
         # last, so that the other parameters draw the same initial values with or without it
         self.has_uncertainty = config.uncertainty_head > 0
         self.uncertainty_head = (UncertaintyHead(config.n_features, config.uncertainty_head, ACTIVATIONS[config.activation]())
@@ -228,20 +198,17 @@ class HIPNN(Potential):
         sensitivity = self.edge_features(edge_vectors)  # (E, ν)
         environment = self.first_environment(sensitivity, receivers, senders, species, rows[0], n_nodes)
         position: Optional[torch.Tensor] = None
-        # later layers: the padded neighbour layout of the nodes they compute, in blocks by degree,
-        # built at the second layer and again only for a layer that computes fewer nodes
-        # (the initial values below are never read by a one-layer model)
-        slots = neighbor_slots(receivers, n_nodes)[0] if len(self.blocks) > 1 else receivers
-        built_for = -1
-        sensitivities: List[torch.Tensor] = []
-        slot_senders = senders
+        # later layers: the neighbour layout of the nodes they compute (`neighbour_sum.py`), built
+        # at the second layer and again only for a layer that computes fewer nodes or reads fewer
+        built_for = (-1, -1)
+        layout: List[torch.Tensor] = []
         for t, block in enumerate(self.blocks):
             if t > 0:
-                if rows[t] != built_for:
-                    cell, position, counts, widths = degree_blocks(receivers, slots, rows[t], n_nodes, self.block_rows)
-                    sensitivities, slot_senders = padded_blocks(sensitivity, senders, cell, counts, widths)
-                    built_for = rows[t]
-                environment = padded_environment(z, sensitivities, slot_senders)
+                if (rows[t], z.shape[0]) != built_for:
+                    layout = self.neighbour_sum.layout(sensitivity, receivers, senders, rows[t], n_nodes, z.shape[0],
+                                                       self.block_rows)
+                    built_for = (rows[t], z.shape[0])
+                environment, position = self.neighbour_sum.environment(z, layout)
             z, energy = block(z, environment, position)
             if rows[t] < n_nodes:  # no copy in training and on one rank, where every row is computed
                 energy = torch.cat([energy, energy.new_zeros(n_nodes - rows[t])])
@@ -283,10 +250,9 @@ class HIPNN(Potential):
             z = self.initial_features(species, sensitivity.dtype)
             environment = self.first_environment(sensitivity, receivers, senders, species, n_rows, n_rows)
         else:
-            slots = neighbor_slots(receivers, n_rows)[0]
-            cell, position, counts, widths = degree_blocks(receivers, slots, n_rows, n_rows, self.block_rows)
-            sensitivities, slot_senders = padded_blocks(sensitivity, senders, cell, counts, widths)
-            environment = padded_environment(z, sensitivities, slot_senders)
+            layout = self.neighbour_sum.layout(sensitivity, receivers, senders, n_rows, n_rows, z.shape[0],
+                                               self.block_rows)
+            environment, position = self.neighbour_sum.environment(z, layout)
         z_next, energy = z[:n_rows], z.new_zeros(n_rows)
         for k, block in enumerate(self.blocks):  # TorchScript indexes a ModuleList by constants only
             if k == t:

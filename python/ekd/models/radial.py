@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from .operators import fused_available
+
 
 def log_cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
     """log φ_cut(r), φ_cut = cos²(π r / 2 r_c), inside the cutoff (finite: r < r_c; value and slope
@@ -34,6 +36,7 @@ class InverseGaussianSensitivity(nn.Module):
         self.inverse_centres = nn.Parameter(inverse_centres.to(dtype))
         self.inverse_widths = nn.Parameter(torch.full((n_sensitivities,), spacing, dtype=dtype))
         self.cutoff = cutoff
+        self.exponentials = FusedExponentials() if fused_available() else StockExponentials()
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         """(E,) distances → (E, n_sensitivities)."""
@@ -51,6 +54,28 @@ class InverseGaussianSensitivity(nn.Module):
         curvature = 1.0 / self.inverse_widths ** 2
         coefficients = torch.stack([-0.5 * curvature, shifted * curvature, -0.5 * shifted ** 2 * curvature,
                                     torch.ones_like(curvature)])
+        return self.exponentials(r, coefficients, m, self.cutoff)
+
+
+class StockExponentials(nn.Module):
+    """exp(max(x, -60)) of the exponents x = [u², u, 1, log φ_cut(r)] @ coefficients, u = 1/r - m,
+    in PyTorch operators (any device; differentiable to any order)."""
+
+    def forward(self, r: torch.Tensor, coefficients: torch.Tensor, m: torch.Tensor, cutoff: float) -> torch.Tensor:
         u = 1.0 / r - m
-        powers = torch.stack([u * u, u, torch.ones_like(u), log_cosine_cutoff(r, self.cutoff)], dim=1)
+        powers = torch.stack([u * u, u, torch.ones_like(u), log_cosine_cutoff(r, cutoff)], dim=1)
         return torch.exp((powers @ coefficients).clamp(min=-60.0))
+
+
+class FusedExponentials(nn.Module):
+    """The same with ekd's operator `sensitivities` (`sensitivity.cpp`: one pass over the edges
+    forward and one backward) on the CPU; elsewhere `StockExponentials`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stock = StockExponentials()
+
+    def forward(self, r: torch.Tensor, coefficients: torch.Tensor, m: torch.Tensor, cutoff: float) -> torch.Tensor:
+        if r.device.type != "cpu":
+            return self.stock(r, coefficients, m, cutoff)
+        return torch.ops.ekd.sensitivities(r, coefficients, float(m), cutoff)

@@ -1,0 +1,185 @@
+// HIP-NN's distance sensitivities in one pass over the edges: the operator
+// `torch.ops.ekd.sensitivities`, part of libekdops.so (see neighbour_sum.cpp), used by
+// models/radial.py on the CPU.
+//
+//     s[e, v] = exp(max(x[e, v], -60)),   x = a_v u^2 + b_v u + c_v + d_v L(r),   u = 1/r - m,
+//     L(r) = log cos^2(pi r / 2 r_c) inside the cutoff, -1e4 outside
+//
+// with the coefficients (a, b, c, d) = coefficients[0..3, v] computed in Python from the
+// trainable centres and widths (radial.py). Written with stock operators this is a dozen passes
+// over the (edges x sensitivities) table forward and as many backward; here the forward writes
+// x once (then exp in place, vectorised by ATen) and the backward reads g and s once, recomputing
+// x per edge, to give the gradient with respect to r and to the coefficients.
+//
+// Second derivatives (training with a force loss differentiates the forces again) take the
+// stock operators: when the backward itself is recorded (create_graph), it re-evaluates the
+// same formula with ATen operators and differentiates that, so the result stays differentiable.
+
+#include <torch/torch.h>
+#include <torch/library.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr double kFloor = -60.0;     // exponent floor: exp(-60) = 8.8e-27, still a normal float32
+constexpr double kOutside = -1.0e4;  // L(r) beyond the cutoff: far below the floor
+constexpr int64_t kGrain = 256;      // edges per task when threads share the work
+
+// u, L(r) and dL/dr of one edge
+template <typename T>
+struct EdgeTerms {
+  T u, log_cut, log_cut_slope;
+  EdgeTerms(T r, T m, T cutoff) {
+    u = T(1) / r - m;
+    if (r < cutoff) {
+      const T theta = T(0.5 * M_PI) * r / cutoff;
+      const T c = std::cos(theta);
+      log_cut = std::log(c * c);
+      log_cut_slope = -T(M_PI) / cutoff * std::tan(theta);
+    } else {
+      log_cut = T(kOutside);
+      log_cut_slope = T(0);
+    }
+  }
+};
+
+template <typename T>
+inline T exponent(const T* coef, int64_t V, int64_t v, const EdgeTerms<T>& t) {
+  return (coef[v] * t.u + coef[V + v]) * t.u + coef[2 * V + v] + coef[3 * V + v] * t.log_cut;
+}
+
+void check(const Tensor& r, const Tensor& coefficients) {
+  TORCH_CHECK(r.dim() == 1 && coefficients.dim() == 2 && coefficients.size(0) == 4 &&
+                  r.scalar_type() == coefficients.scalar_type() && r.device().is_cpu() &&
+                  coefficients.device().is_cpu(),
+              "ekd::sensitivities: expects distances (E,) and coefficients (4, V) of one dtype, on the CPU");
+}
+
+Tensor sensitivities_cpu(const Tensor& r_in, const Tensor& coef_in, double m, double cutoff) {
+  check(r_in, coef_in);
+  const Tensor r = r_in.contiguous(), coef = coef_in.contiguous();
+  const int64_t E = r.size(0), V = coef.size(1);
+  Tensor out = torch::empty({E, V}, r.options());
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "ekd_sensitivities", [&] {
+    const scalar_t *rp = r.data_ptr<scalar_t>(), *cp = coef.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, E, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        const EdgeTerms<scalar_t> t(rp[e], scalar_t(m), scalar_t(cutoff));
+        for (int64_t v = 0; v < V; ++v) op[e * V + v] = std::max(exponent(cp, V, v, t), scalar_t(kFloor));
+      }
+    });
+  });
+  return out.exp_();
+}
+
+// gradients of sum(g * s) with respect to r (E,) and the coefficients (4, V)
+std::tuple<Tensor, Tensor> sensitivities_backward_cpu(const Tensor& g_in, const Tensor& s_in, const Tensor& r_in,
+                                                      const Tensor& coef_in, double m, double cutoff,
+                                                      bool want_coefficients) {
+  const Tensor g = g_in.contiguous(), s = s_in.contiguous(), r = r_in.contiguous(), coef = coef_in.contiguous();
+  const int64_t E = r.size(0), V = coef.size(1);
+  Tensor grad_r = torch::empty({E}, r.options());
+  const int64_t threads = want_coefficients && E > kGrain ? at::get_num_threads() : 1;
+  Tensor grad_coef = torch::zeros({threads, 4, want_coefficients ? V : 0}, r.options());
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "ekd_sensitivities_backward", [&] {
+    const scalar_t *gp = g.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>(), *rp = r.data_ptr<scalar_t>(),
+                   *cp = coef.data_ptr<scalar_t>();
+    scalar_t *grp = grad_r.data_ptr<scalar_t>(), *gcp = grad_coef.data_ptr<scalar_t>();
+    // the exponent was clamped (no slope) where s is exp(-60); the threshold sits just above it,
+    // dropping slopes of exponents within 1e-6 of the floor too (contributions below 1e-32)
+    const scalar_t floor_s = scalar_t(std::exp(kFloor) * (1.0 + 1e-6));
+    at::parallel_for(0, E, kGrain, [&](int64_t begin, int64_t end) {
+      scalar_t* mine = want_coefficients ? gcp + std::min<int64_t>(at::get_thread_num(), threads - 1) * 4 * V : nullptr;
+      std::vector<scalar_t> w(V);
+      for (int64_t e = begin; e < end; ++e) {
+        const scalar_t re = rp[e];
+        const EdgeTerms<scalar_t> t(re, scalar_t(m), scalar_t(cutoff));
+        const scalar_t du = -scalar_t(1) / (re * re), two_u_du = scalar_t(2) * t.u * du;
+        const scalar_t *ge = gp + e * V, *se = sp + e * V;
+        scalar_t sum = 0;
+        for (int64_t v = 0; v < V; ++v) {  // no branches: vectorised by the compiler
+          w[v] = se[v] > floor_s ? ge[v] * se[v] : scalar_t(0);
+          sum += w[v] * (cp[v] * two_u_du + cp[V + v] * du + cp[3 * V + v] * t.log_cut_slope);
+        }
+        grp[e] = sum;
+        if (mine != nullptr) {
+          for (int64_t v = 0; v < V; ++v) {
+            mine[v] += w[v] * t.u * t.u;
+            mine[V + v] += w[v] * t.u;
+            mine[2 * V + v] += w[v];
+            mine[3 * V + v] += w[v] * t.log_cut;
+          }
+        }
+      }
+    });
+  });
+  return {grad_r, want_coefficients ? grad_coef.sum(0) : Tensor()};
+}
+
+// the same formula in ATen operators (differentiable), for second derivatives
+Tensor sensitivities_composite(const Tensor& r, const Tensor& coef, double m, double cutoff) {
+  const Tensor u = r.reciprocal() - m;
+  const Tensor inside = r < cutoff;
+  const Tensor theta = (0.5 * M_PI / cutoff) * torch::where(inside, r, torch::zeros_like(r));
+  const Tensor log_cut = torch::where(inside, torch::log(torch::cos(theta).pow(2)), torch::full_like(r, kOutside));
+  const Tensor powers = torch::stack({u * u, u, torch::ones_like(u), log_cut}, 1);
+  return torch::exp(torch::matmul(powers, coef).clamp_min(kFloor));
+}
+
+struct Sensitivities : torch::autograd::Function<Sensitivities> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& r, const Tensor& coef, double m, double cutoff) {
+    Tensor s;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      static const auto op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("ekd::sensitivities", "")
+                                 .typed<Tensor(const Tensor&, const Tensor&, double, double)>();
+      s = op.call(r, coef, m, cutoff);
+    }
+    ctx->save_for_backward({r, coef, s});
+    ctx->saved_data["m"] = m;
+    ctx->saved_data["cutoff"] = cutoff;
+    return s;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const auto saved = ctx->get_saved_variables();
+    const double m = ctx->saved_data["m"].toDouble(), cutoff = ctx->saved_data["cutoff"].toDouble();
+    const bool want_r = ctx->needs_input_grad(0), want_coef = ctx->needs_input_grad(1);
+    if (torch::GradMode::is_enabled()) {  // create_graph: a differentiable backward
+      std::vector<Tensor> inputs, wanted;
+      Tensor r = saved[0], coef = saved[1];
+      const Tensor s = sensitivities_composite(r, coef, m, cutoff);
+      if (want_r) inputs.push_back(r);
+      if (want_coef) inputs.push_back(coef);
+      if (!inputs.empty()) wanted = torch::autograd::grad({s}, inputs, {grad[0]}, true, true, true);
+      Tensor grad_r = want_r ? wanted[0] : Tensor(), grad_coef = want_coef ? wanted[want_r ? 1 : 0] : Tensor();
+      return {grad_r, grad_coef, Tensor(), Tensor()};
+    }
+    auto [grad_r, grad_coef] = sensitivities_backward_cpu(grad[0], saved[2], saved[0], saved[1], m, cutoff, want_coef);
+    return {want_r ? grad_r : Tensor(), grad_coef, Tensor(), Tensor()};
+  }
+};
+
+Tensor sensitivities_autograd(const Tensor& r, const Tensor& coef, double m, double cutoff) {
+  return Sensitivities::apply(r, coef, m, cutoff);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(ekd, m) {
+  m.def("sensitivities(Tensor r, Tensor coefficients, float m, float cutoff) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ekd, CPU, m) { m.impl("sensitivities", sensitivities_cpu); }
+
+TORCH_LIBRARY_IMPL(ekd, Autograd, m) { m.impl("sensitivities", sensitivities_autograd); }

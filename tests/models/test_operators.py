@@ -1,0 +1,129 @@
+"""ekd's own operators (models/neighbour_sum.cpp, sensitivity.cpp) against the stock PyTorch
+path they replace: the same energies, forces and force-loss gradients (second derivatives) of
+whole HIP-NN models, in float64 to 1e-12 and float32 to 1e-5 relative; their derivatives by
+finite differences; and their refusal of malformed graphs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ekd.models.neighbour_sum import FusedSum, PaddedSum
+from ekd.models.operators import fused_available
+from ekd.models.radial import FusedExponentials, StockExponentials
+from tests.models.test_hipnn import all_edges, make_model, molecule
+
+pytestmark = pytest.mark.skipif(not fused_available(), reason="ekd's operators are not built (python -m ekd.plugin build)")
+
+
+def stock_copy(model):
+    """The same model (same weights) on stock PyTorch operators."""
+    stock = copy.deepcopy(model)
+    stock.neighbour_sum = PaddedSum()
+    stock.sensitivity.exponentials = StockExponentials()
+    return stock
+
+
+def energy_forces_and_training_gradient(model, species, x, receivers, senders, n_energy):
+    """Energy, forces, and the gradient of a force loss with respect to every parameter."""
+    x = x.clone().requires_grad_(True)
+    vectors = x[senders] - x[receivers]
+    wanted = n_energy if n_energy >= 0 else len(species)
+    total = model(vectors, receivers, senders, species, n_energy).sum(dim=1)[:wanted].sum()
+    (forces,) = torch.autograd.grad(-total, x, create_graph=True)
+    loss = (forces ** 2).sum() + total
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return total.detach(), forces.detach(), torch.autograd.grad(loss, parameters)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("n_interactions, n_energy, shuffle", [(2, -1, False), (3, 12, True), (3, -1, True)])
+def test_fused_model_equals_stock(dtype: torch.dtype, tolerance: float, n_interactions: int, n_energy: int,
+                                  shuffle: bool) -> None:
+    """Shuffled edges (not in receiver order) and pruned rows (only 12 energies wanted) included."""
+    model = make_model(dtype, n_interactions=n_interactions)
+    assert isinstance(model.neighbour_sum, FusedSum) and isinstance(model.sensitivity.exponentials, FusedExponentials)
+    species, x = molecule(dtype, n=30, seed=3)
+    receivers, senders = all_edges(x, model.cutoff)
+    if shuffle:
+        order = torch.randperm(len(receivers), generator=torch.Generator().manual_seed(5))
+        receivers, senders = receivers[order], senders[order]
+    fused = energy_forces_and_training_gradient(model, species, x, receivers, senders, n_energy)
+    stock = energy_forces_and_training_gradient(stock_copy(model), species, x, receivers, senders, n_energy)
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool((a - b).abs().max() <= tolerance * b.abs().max())
+
+    assert close(fused[0], stock[0]) and close(fused[1], stock[1])
+    assert fused[1].abs().max() > 1e-2
+    for a, b in zip(fused[2], stock[2]):
+        assert close(a, b)
+
+
+def random_graph(n_nodes: int, n_edges: int, n_rows: int, seed: int):
+    """Edges in receiver order into rows [0, n_rows), as `edge_layout` gives them."""
+    g = torch.Generator().manual_seed(seed)
+    receivers = torch.randint(0, n_nodes, (n_edges,), generator=g)
+    senders = torch.randint(0, n_nodes, (n_edges,), generator=g)
+    order, row_ptr, sorted_senders = torch.ops.ekd.edge_layout(receivers, senders, n_rows, n_nodes)
+    assert torch.equal(sorted_senders, senders[order])
+    assert torch.equal(receivers[order], torch.sort(receivers[receivers < n_rows], stable=True).values)
+    return row_ptr, sorted_senders, receivers[order]
+
+
+@pytest.mark.parametrize("features, sensitivities", [(5, 3), (16, 4), (8, 20)])
+def test_neighbour_sums_by_hand_and_by_finite_differences(features: int, sensitivities: int) -> None:
+    """environment against its definition; every operator's first and second derivatives against
+    finite differences (gradcheck, gradgradcheck, float64), for widths the vector loops take
+    (16 doubles: 4 vectors) and the plain loops (5 features; 20 sensitivities)."""
+    n_nodes, n_rows = 12, 9
+    row_ptr, senders, receivers = random_graph(n_nodes, 60, n_rows, seed=features)
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(len(senders), sensitivities, dtype=torch.float64, generator=g, requires_grad=True)
+    z = torch.randn(n_nodes, features, dtype=torch.float64, generator=g, requires_grad=True)
+    env_grad = torch.randn(n_rows, sensitivities, features, dtype=torch.float64, generator=g, requires_grad=True)
+    graph = (row_ptr, senders, n_nodes)
+    by_hand = torch.zeros(n_rows, sensitivities, features, dtype=torch.float64).index_add(
+        0, receivers, s.unsqueeze(2) * z[senders].unsqueeze(1))
+    assert torch.allclose(torch.ops.ekd.environment(s, z, *graph), by_hand, rtol=1e-14, atol=1e-14)
+    for op, inputs in ((torch.ops.ekd.environment, (s, z)), (torch.ops.ekd.edge_contraction, (env_grad, z)),
+                       (torch.ops.ekd.sender_sum, (s, env_grad))):
+        def call(a: torch.Tensor, b: torch.Tensor, op=op) -> torch.Tensor:
+            return op(a, b, *graph)
+        assert torch.autograd.gradcheck(call, inputs)
+        assert torch.autograd.gradgradcheck(call, inputs)
+
+
+def test_sensitivities_by_finite_differences() -> None:
+    """The fused sensitivities' derivatives in r and in the coefficients, first and second, with
+    distances on both sides of the cutoff (5 Å)."""
+    g = torch.Generator().manual_seed(2)
+    r = (torch.rand(25, dtype=torch.float64, generator=g) * 5.0 + 0.8).requires_grad_(True)
+    coefficients = torch.randn(4, 5, dtype=torch.float64, generator=g)
+    coefficients[0] = -10.0 * coefficients[0].abs()
+    coefficients[3] = 1.0
+    coefficients.requires_grad_(True)
+
+    def call(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return torch.ops.ekd.sensitivities(r, c, 0.7, 5.0)
+
+    assert (r > 5.0).any() and (r < 5.0).any()
+    assert torch.allclose(call(r, coefficients), StockExponentials()(r, coefficients, torch.tensor(0.7, dtype=torch.float64), 5.0),
+                          rtol=1e-13, atol=0)
+    assert torch.autograd.gradcheck(call, (r, coefficients))
+    assert torch.autograd.gradgradcheck(call, (r, coefficients))
+
+
+def test_malformed_graphs_are_refused() -> None:
+    receivers, senders = torch.tensor([0, 1, 2]), torch.tensor([1, 7, 0])
+    with pytest.raises(RuntimeError, match="edge 1 into node 1 has sender 7, outside 0..2"):
+        torch.ops.ekd.edge_layout(receivers, senders, 3, 3)
+    with pytest.raises(RuntimeError, match="edge 0 has receiver -1"):
+        torch.ops.ekd.edge_layout(torch.tensor([-1, 0]), torch.tensor([0, 1]), 2, 2)
+    order, row_ptr, kept = torch.ops.ekd.edge_layout(receivers, senders, 1, 3)  # sender 7's edge is dropped
+    assert order.tolist() == [0] and row_ptr.tolist() == [0, 1] and kept.tolist() == [1]
+    s, z = torch.ones(1, 2), torch.ones(3, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        torch.ops.ekd.environment(s, z, row_ptr, kept, 3)
