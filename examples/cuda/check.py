@@ -34,7 +34,7 @@ def main(lib_dir: Path, model: Path) -> int:
                 lmp.command(line)
             except Exception as err:  # noqa: BLE001 - LAMMPS errors come as generic exceptions
                 if device == "cuda" and line.startswith("pair_style"):
-                    print(f"device cuda without a GPU stops as it should: {str(err).strip()[:200]}")
+                    print(f"device cuda without a GPU stops as it should: {str(err).strip().splitlines()[0]}")
                     break
                 raise
         else:

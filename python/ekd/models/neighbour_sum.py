@@ -1,8 +1,8 @@
 """HIP-NN's neighbour sums Σ_j s_ν(r_ij) z_j, two ways with one interface:
 
-- `FusedSum`: ekd's own operators (`neighbour_sum.cpp`, `operators.py`): every receiver's edges summed in place, and the backward (and
-  the second derivatives force-loss training needs) the same way. CPU only; on another device
-  it does what `PaddedSum` does.
+- `FusedSum`: ekd's own operators (`neighbour_sum.cpp`, loaded by `operators.py`): every
+  receiver's edges summed in place, and the backward (and the second derivatives force-loss
+  training needs) the same way. CPU only; on another device it does what `PaddedSum` does.
 - `PaddedSum`: stock PyTorch, the padded neighbour layout and batched products (`graph.py`),
   for any device and when the operators are not built (or `EKD_FUSED=0`).
 
@@ -18,6 +18,7 @@ from torch import nn
 
 from .graph import degree_blocks, neighbor_slots, padded_blocks, padded_environment
 from .operators import fused_available
+
 
 class PaddedSum(nn.Module):
     """The padded layout: `layout` → [slot senders, row positions (empty: rows in order),
