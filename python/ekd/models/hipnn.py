@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .graph import cell_index, cell_sum, rows_per_layer
+from .graph import rows_per_layer
 from .neighbour_sum import neighbour_sum
 from .potential import Potential
 from .radial import InverseGaussianSensitivity
@@ -222,11 +222,9 @@ class HIPNN(Potential):
     def first_environment(self, sensitivity: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                           species: torch.Tensor, n_rows: int, n_receivers: int) -> torch.Tensor:
         """Σ_j s_ν(r_ij) z⁰_j of nodes [0, n_rows) as (n_rows, ν, species), the receivers in [0,
-        n_receivers): z⁰_j is one-hot, so this is one scatter-add of the sensitivities by
-        (receiver, sender species), not a batched product with a few species columns."""
-        by_species = cell_index(receivers, species[senders], self.n_species, n_rows, n_receivers)
-        environment = cell_sum(sensitivity, by_species, n_rows * self.n_species)
-        return environment.view(n_rows, self.n_species, sensitivity.shape[1]).transpose(1, 2)
+        n_receivers); z⁰_j is one-hot (`neighbour_sum.py`)."""
+        return self.neighbour_sum.species_environment(sensitivity, receivers, senders, species, self.n_species, n_rows,
+                                                      n_receivers)
 
     def exchange_features(self) -> List[int]:
         """Widths of z¹ … z^{L-1}: what `layer` evaluation passes between MPI ranks."""

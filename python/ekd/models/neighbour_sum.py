@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from .graph import degree_blocks, neighbor_slots, padded_blocks, padded_environment
+from .graph import cell_index, cell_sum, degree_blocks, neighbor_slots, padded_blocks, padded_environment
 from .operators import fused_available
 
 
@@ -38,6 +38,15 @@ class PaddedSum(nn.Module):
         """(R, ν, F) environments, and each node's row in them (None: row i is node i)."""
         position: Optional[torch.Tensor] = layout[1] if layout[1].numel() > 0 else None
         return padded_environment(z, layout[2:], layout[0]), position
+
+    def species_environment(self, sensitivity: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                            species: torch.Tensor, n_species: int, n_rows: int, n_receivers: int) -> torch.Tensor:
+        """Σ_j s_ν(r_ij) onehot(species_j) of nodes [0, n_rows) as (n_rows, ν, n_species): one
+        scatter-add of the sensitivities by (receiver, sender species), not a batched product
+        with a few species columns."""
+        by_species = cell_index(receivers, species[senders], n_species, n_rows, n_receivers)
+        environment = cell_sum(sensitivity, by_species, n_rows * n_species)
+        return environment.view(n_rows, n_species, sensitivity.shape[1]).transpose(1, 2)
 
 
 class FusedSum(nn.Module):
@@ -61,6 +70,17 @@ class FusedSum(nn.Module):
         if z.device.type != "cpu":
             return self.padded.environment(z, layout)
         return torch.ops.ekd.environment(layout[0], z, layout[1], layout[2], z.shape[0]), None
+
+    def species_environment(self, sensitivity: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                            species: torch.Tensor, n_species: int, n_rows: int, n_receivers: int) -> torch.Tensor:
+        """`PaddedSum.species_environment` as an environment of one-hot features, padded to 8
+        columns (whole vectors for the operator's loops; the padding columns are dropped)."""
+        if sensitivity.device.type != "cpu":
+            return self.padded.species_environment(sensitivity, receivers, senders, species, n_species, n_rows,
+                                                   n_receivers)
+        layout = self.layout(sensitivity, receivers, senders, n_rows, n_receivers, species.shape[0], 0)
+        onehot = nn.functional.one_hot(species, (n_species + 7) // 8 * 8).to(sensitivity.dtype)
+        return self.environment(onehot, layout)[0][:, :, :n_species]
 
 
 def neighbour_sum() -> nn.Module:
