@@ -127,3 +127,5 @@ def test_malformed_graphs_are_refused() -> None:
     s, z = torch.ones(1, 2), torch.ones(3, 4, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="one dtype"):
         torch.ops.ekd.environment(s, z, row_ptr, kept, 3)
+    with pytest.raises(RuntimeError, match="expects distances \\(E,\\) and coefficients \\(4, V\\) of one dtype"):
+        torch.ops.ekd.sensitivities(torch.ones(3), torch.ones(3, 5), 0.5, 5.0)
