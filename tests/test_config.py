@@ -38,6 +38,7 @@ from ekd.errors import ConfigError
     ("[data]\npath = 'embedded'\n[learn]\nbox_density = 0.0\n", "box_density must be positive"),
     ("[data]\npath = 'embedded'\n[learn]\noracle = 'dft'\n", "oracle 'dft' is not known"),
     ("[data]\npath = 'embedded'\nadditions = 'x.h5'\n", "data.additions must be list"),
+    ("[data]\npath = 'embedded'\nadded_weight = 0.0\n", "[data] added_weight must be a number in (0, 1000]"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"

@@ -340,6 +340,9 @@ class RunConfig:
         self.learn.check()
         if not all(isinstance(p, str) for p in self.data.additions):
             raise ConfigError(f"[data] additions must be a list of file paths, got {self.data.additions!r}")
+        if not (isinstance(self.data.added_weight, (int, float)) and 0 < self.data.added_weight <= 1e3):
+            raise ConfigError(f"[data] added_weight must be a number in (0, 1000] (the loss weight of conformations "
+                              f"active learning added, relative to the original data's 1), got {self.data.added_weight!r}")
         teachers.train.check("teachers.train")
         self.student.train.check("student.train")
         for k in range(teachers.count):

@@ -77,16 +77,32 @@ class RunDirectory(RunLayout):
         """What the networks learn: energy minus the per-element reference part (eV, float64)."""
         return residual_energy(self.data, self.elements, self.references)
 
+    def loss_weights(self) -> Optional[np.ndarray]:
+        """(C,) each conformation's weight in every model's loss: `[data] added_weight` for those
+        an active-learning round added, 1 for the original data; None when all weigh the same."""
+        weight = self.config.data.added_weight
+        if self.data.round is None or weight == 1.0 or not np.any(self.data.round > 0):
+            return None
+        return np.where(self.data.round > 0, weight, 1.0)
+
+    def conformation_labels(self) -> Dict[str, np.ndarray]:
+        """What every model learns per conformation: the residual energy (and the loss weight)."""
+        labels = {"energy": self.residual_energy()}
+        weights = self.loss_weights()
+        if weights is not None:
+            labels["weight"] = weights
+        return labels
+
     def graph(self, cutoff: float, atom_labels: Dict[str, np.ndarray] | None = None) -> GraphData:
         """The data as a batchable graph for models with this cutoff (cached without extra labels)."""
         if atom_labels:
             return GraphData(self.data, self.elements, cutoff, self.dtype, self.config.run.device,
                              pairs=neighbor_pairs_in_chunks(self.data, cutoff),
-                             conformation_labels={"energy": self.residual_energy()}, atom_labels=atom_labels)
+                             conformation_labels=self.conformation_labels(), atom_labels=atom_labels)
         if cutoff not in self._graphs:
             self._graphs[cutoff] = GraphData(self.data, self.elements, cutoff, self.dtype, self.config.run.device,
                                              pairs=neighbor_pairs_in_chunks(self.data, cutoff),
-                                             conformation_labels={"energy": self.residual_energy()})
+                                             conformation_labels=self.conformation_labels())
         return self._graphs[cutoff]
 
 
@@ -126,6 +142,9 @@ def _open_sharded(layout: RunLayout, config: RunConfig, progress: bool, write: b
     if config.data.additions:
         raise ConfigError("[data] additions cannot be read in shards yet; run without torchrun, or with "
                           "[run] parallel = \"teachers\"")
+    if config.data.added_weight != 1.0:
+        raise ConfigError("[data] added_weight is not applied to data read in shards yet; run without torchrun, "
+                          "or with [run] parallel = \"teachers\"")
     source = HDF5Source(config.data, report)
     log = [source.describe()]
     if report.skipped_nan_energy:

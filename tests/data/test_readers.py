@@ -161,8 +161,32 @@ def test_additions_follow_the_data_in_order_and_merge_groups_by_name(tmp_path: P
     np.testing.assert_allclose(grown.positions[data.n_total_atoms:], extra.positions)
     np.testing.assert_array_equal(grown.energy[len(data):], [-1.0, -2.0, -3.0])           # eV, not converted again
     assert grown.group_names == data.group_names and (grown.group[len(data):] == water).all()
+    np.testing.assert_array_equal(grown.round, [0] * len(data) + [1, 1, 1])   # the data file does not say: 0
+    np.testing.assert_array_equal(grown.subset(np.array([len(data) + 2, 0])).round, [1, 0])
     with pytest.raises(DataError, match="not found"):
         read_data(DataSpec(**{**spec.__dict__, "additions": [str(tmp_path / "missing.h5")]}))
+
+
+def test_rounds_of_a_grown_data_set_and_bad_rounds(tmp_path: Path, embedded_data: Path) -> None:
+    """Version 2 of the embedded data says which round added each conformation
+    (`provenance.round`); a rounds dataset of the wrong length or kind is refused by name."""
+    v2 = embedded_data.with_name("chno_ccsdt_v2.h5")
+    data = read_data(DataSpec(path=str(v2), energy_key="ccsd(t)_dz.energy", energy_unit="Hartree"))
+    assert data.round is not None and (data.round == 0).sum() == 1400 and (data.round == 1).sum() == 50
+    bad = tmp_path / "bad_rounds.h5"
+    with h5py.File(bad, "w") as f:
+        g = f.create_group("water")
+        g["atomic_numbers"] = np.array([8, 1, 1])
+        g["coordinates"] = np.zeros((2, 3, 3)) + np.array([[0.0, 0, 0], [0.96, 0, 0], [0, 0.96, 0]])
+        g["energies"] = np.array([-76.0, -76.1])
+        g["provenance.round"] = np.array([0.5, 1.0])
+    with pytest.raises(DataError, match=r"bad_rounds.h5:/water/provenance.round must hold non-negative integers"):
+        read_data(DataSpec(path=str(bad)))
+    with h5py.File(bad, "a") as f:
+        del f["water/provenance.round"]
+        f["water/provenance.round"] = np.array([0, 1, 1])
+    with pytest.raises(DataError, match=r"provenance.round has 3 values for 2 conformations"):
+        read_data(DataSpec(path=str(bad)))
 
 
 def test_damaged_files_found_by_fuzzing_are_refused_with_the_reason(tmp_path: Path) -> None:

@@ -237,8 +237,10 @@ def test_labels_in_blocks_survive_a_failure_and_equal_one_process(tiny_run: Path
 
 # ---- in one process: the loss from reduced sums, sharded reading --------------------------------------
 
-def test_surrogate_gradient_is_the_gradient_of_the_global_batch_loss(dtype: torch.dtype) -> None:
-    """The sums of 3 uneven parts (one empty) give the loss and gradient of the whole batch."""
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_surrogate_gradient_is_the_gradient_of_the_global_batch_loss(dtype: torch.dtype, weighted: bool) -> None:
+    """The sums of 3 uneven parts (one empty) give the loss and gradient of the whole batch,
+    also with conformation loss weights (`[data] added_weight`)."""
     from ekd.data import AtomsData, GraphData
     from ekd.models import build_model, predict
     from ekd.training import TrainConfig
@@ -253,7 +255,8 @@ def test_surrogate_gradient_is_the_gradient_of_the_global_batch_loss(dtype: torc
                      n_atoms=[len(z) for z, _ in molecules], energy=rng.normal(size=len(molecules)))
     forces = rng.normal(size=(data.n_total_atoms, 3))
     forces[:4] = np.nan  # unlabelled atoms
-    graph = GraphData(data, [1, 6, 7, 8], 4.0, dtype, atom_labels={"forces": forces})
+    weights = {"weight": rng.uniform(0.2, 3.0, size=len(data))} if weighted else {}
+    graph = GraphData(data, [1, 6, 7, 8], 4.0, dtype, atom_labels={"forces": forces}, conformation_labels=weights)
     config = TrainConfig(forces_weight=0.7, hierarchicality=0.1)
     torch.manual_seed(0)
     model = build_model("hipnn", [1, 6, 7, 8], {"n_features": 8, "n_sensitivities": 4, "n_interactions": 2,

@@ -28,6 +28,8 @@ class AtomsData:
     cell:       (C, 3, 3) Å lattice vectors (rows) or None for molecules.
     pbc:        (C, 3) periodicity flags or None.
     group:      (C,) index into `group_names` (the molecule / formula a conformation belongs to).
+    round:      (C,) the active-learning round that added each conformation (0: the original
+                data; `python -m ekd.learn`), or None when the file does not say.
     source:     where the data came from (for messages and provenance).
     """
 
@@ -40,6 +42,7 @@ class AtomsData:
     pbc: Optional[np.ndarray] = None
     group: Optional[np.ndarray] = None
     group_names: list[str] = field(default_factory=list)
+    round: Optional[np.ndarray] = None
     source: str = "<memory>"
 
     def __post_init__(self) -> None:
@@ -47,6 +50,8 @@ class AtomsData:
         self.positions = np.ascontiguousarray(self.positions, dtype=np.float64)
         self.n_atoms = np.ascontiguousarray(self.n_atoms, dtype=np.int64)
         self.energy = np.ascontiguousarray(self.energy, dtype=np.float64)
+        if self.round is not None:
+            self.round = np.ascontiguousarray(self.round, dtype=np.int64)
         if self.group is None:
             self.group = np.zeros(len(self.n_atoms), dtype=np.int64)
             self.group_names = self.group_names or ["all"]
@@ -110,6 +115,7 @@ class AtomsData:
             cell=None if self.cell is None else self.cell[conformations],
             pbc=None if self.pbc is None else self.pbc[conformations],
             group=self.group[conformations],
+            round=None if self.round is None else self.round[conformations],
         )
 
     # ---- validation ------------------------------------------------------------------------
@@ -128,6 +134,8 @@ class AtomsData:
             raise DataError(f"{where}cell has shape {self.cell.shape}, expected ({n_conf}, 3, 3)")
         if self.group is not None and self.group.shape != (n_conf,):
             raise DataError(f"{where}group has shape {self.group.shape}, expected ({n_conf},)")
+        if self.round is not None and self.round.shape != (n_conf,):
+            raise DataError(f"{where}round has shape {self.round.shape}, expected ({n_conf},)")
 
     def validate(self) -> "AtomsData":
         """Refuse empty data and non-finite required values, naming the first bad conformation."""
@@ -178,6 +186,9 @@ def concatenate(parts: list[AtomsData], source: str) -> AtomsData:
     def pbc_of(p: AtomsData) -> np.ndarray:
         return p.pbc if p.pbc is not None else np.zeros((len(p), 3), dtype=bool)
 
+    def round_of(p: AtomsData) -> np.ndarray:  # a part that does not say is original data
+        return p.round if p.round is not None else np.zeros(len(p), dtype=np.int64)
+
     return AtomsData(
         species=np.concatenate([p.species for p in parts]),
         positions=np.concatenate([p.positions for p in parts]),
@@ -188,5 +199,6 @@ def concatenate(parts: list[AtomsData], source: str) -> AtomsData:
         pbc=np.concatenate([pbc_of(p) for p in parts]) if periodic else None,
         group=np.concatenate(groups),
         group_names=names,
+        round=np.concatenate([round_of(p) for p in parts]) if any(p.round is not None for p in parts) else None,
         source=source,
     )

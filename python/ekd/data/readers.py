@@ -44,6 +44,9 @@ class DataSpec:
     additions:    further files in ekd's additions layout (conformations an oracle labelled for
                   `python -m ekd.learn`, see `ekd.learn.additions`), appended after `path`'s
                   conformations in the order given.
+    added_weight: loss weight, in every model's training, of the conformations an active-learning
+                  round added (round > 0: the `provenance.round` dataset of an HDF5 file, or an
+                  additions file) relative to the original data's 1; not used in reading.
     """
 
     path: str
@@ -54,10 +57,14 @@ class DataSpec:
     length_unit: str = ""
     forces_sign: float = 1.0
     additions: list[str] = field(default_factory=list)
+    added_weight: float = 1.0
 
 
 # How every additions file is read: the ANI-1x layout in eV and eV/Å (ekd.learn.additions writes it).
 ADDITIONS_KEYS = {"format": "ani", "energy_key": "energy", "forces_key": "forces", "energy_unit": "eV"}
+# Where an ANI-layout group says which active-learning round added each conformation: data sets
+# grown by ekd.learn (examples/learn/make_embedded_v2.py) and additions files.
+ROUND_KEYS = ("provenance.round", "round")
 
 
 @dataclass
@@ -180,6 +187,7 @@ def _read_ani_group(group: h5py.Group, spec: DataSpec, path: Path, report: ReadR
         forces = np.asarray(group[spec.forces_key][()], dtype=np.float64)
         if forces.shape != coords.shape:
             raise DataError(f"{where}/{spec.forces_key} has shape {forces.shape}, expected {coords.shape}")
+    rounds = _group_rounds(group, coords.shape[0], where)
     keep = np.isfinite(energy)
     report.skipped_nan_energy += int((~keep).sum())
     if not keep.any():
@@ -194,8 +202,24 @@ def _read_ani_group(group: h5py.Group, spec: DataSpec, path: Path, report: ReadR
         forces=None if forces is None else forces[keep].reshape(-1, 3),
         group_names=[str(group.attrs.get("name", _formula(species)))],
         group=np.zeros(n_conf, dtype=np.int64),
+        round=None if rounds is None else rounds[keep],
         source=where,
     )
+
+
+def _group_rounds(group: h5py.Group, n_conf: int, where: str) -> np.ndarray | None:
+    """The group's active-learning rounds (one non-negative integer per conformation), if it has them."""
+    key = next((k for k in ROUND_KEYS if k in group), None)
+    if key is None:
+        return None
+    values = np.asarray(group[key][()]).reshape(-1)
+    if values.shape[0] != n_conf:
+        raise DataError(f"{where}/{key} has {values.shape[0]} values for {n_conf} conformations")
+    whole = values.dtype.kind in "iu" or (values.dtype.kind == "f" and bool(np.all(np.isfinite(values)))
+                                          and bool(np.all(values == np.round(values))))
+    if not whole or (values.size and values.min() < 0):
+        raise DataError(f"{where}/{key} must hold non-negative integers (the round that added each conformation)")
+    return values.astype(np.int64)
 
 
 def _read_ani(path: Path, spec: DataSpec, report: ReadReport) -> AtomsData:

@@ -209,8 +209,12 @@ def augmented_graph(run: RunDirectory, cutoff: float, labels: Labels, hashes: Li
         energy = augmented.labels["energy_mean"] - np.bincount(extra.conformation_of_atom, references, len(extra))
     combined = concatenate([run.data, extra], f"{run.data.source} + {run.augmented_path.name}")
     data_references = run.references[element_index(run.data.species, run.elements, run.data.source)]
+    conformation_labels = {"energy": np.concatenate([run.residual_energy(), energy])}
+    weights = run.loss_weights()
+    if weights is not None:  # augmented conformations weigh as the original data
+        conformation_labels["weight"] = np.concatenate([weights, np.ones(len(extra))])
     graph = GraphData(combined, run.elements, cutoff, run.dtype, run.config.run.device,
-                      conformation_labels={"energy": np.concatenate([run.residual_energy(), energy])},
+                      conformation_labels=conformation_labels,
                       atom_labels={
                           "forces": np.concatenate([labels.forces_mean, augmented.labels["forces_mean"]]),
                           "atom_energy": np.concatenate([labels.atom_energy_mean - data_references,

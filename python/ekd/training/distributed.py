@@ -46,7 +46,7 @@ from ..data.sharded import Holding
 from ..errors import EkdError
 from ..models import predict
 from ..models.potential import WithUncertainty, has_uncertainty
-from .losses import SPREAD_FLOOR, hierarchicality, total_loss
+from .losses import SPREAD_FLOOR, entry_weights, hierarchicality, row_weights, total_loss
 from .loop import Trainer, shortest_distance
 
 TERM_NAMES = ("energy", "forces", "atom_energy", "uncertainty")
@@ -247,7 +247,12 @@ def loss_statistics(prediction: Any, batch: Any, config: Any, zeroth_order: Opti
                 target = torch.log(target.clamp_min(SPREAD_FLOOR))
             mask = torch.isfinite(target)
             diff = value[mask] - target[mask]
-            stats += [diff.square().sum(), diff.abs().sum(), mask.sum().to(zero.dtype)]
+            row_weight = row_weights(batch, per_atom=name != "energy")
+            if row_weight is None:
+                stats += [diff.square().sum(), diff.abs().sum(), mask.sum().to(zero.dtype)]
+            else:  # weighted sums; the "count" is Σw, as in losses.rmse_plus_mae
+                w = entry_weights(row_weight, target)[mask].to(zero.dtype)
+                stats += [(w * diff.square()).sum(), (w * diff.abs()).sum(), w.sum()]
         else:
             stats += [zero, zero, zero]
     if (config.hierarchicality > 0 and prediction.terms.shape[1] > 1 and zeroth_order is not None

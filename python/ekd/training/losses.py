@@ -13,13 +13,32 @@ from ..models.graph import scatter_sum
 from .config import TrainConfig
 
 
-def rmse_plus_mae(prediction: torch.Tensor, target: torch.Tensor) -> Optional[torch.Tensor]:
-    """RMSE + MAE over the finite entries of `target`; None when there are none."""
+def rmse_plus_mae(prediction: torch.Tensor, target: torch.Tensor,
+                  weight: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """RMSE + MAE over the finite entries of `target`; None when there are none. With `weight`
+    (one per row of `target`), both are weighted means: √(Σw·d²/Σw) + Σw·|d|/Σw."""
     mask = torch.isfinite(target)
     if not bool(mask.any()):
         return None
     diff = prediction[mask] - target[mask]
-    return diff.square().mean().sqrt() + diff.abs().mean()
+    if weight is None:
+        return diff.square().mean().sqrt() + diff.abs().mean()
+    w = entry_weights(weight, target)[mask]
+    total = w.sum()
+    return ((w * diff.square()).sum() / total).sqrt() + (w * diff.abs()).sum() / total
+
+
+def entry_weights(weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Row weights broadcast over the entries of `target` (e.g. one per atom over its 3 components)."""
+    return weight.reshape(weight.shape + (1,) * (target.dim() - 1)).expand_as(target)
+
+
+def row_weights(batch: Batch, per_atom: bool) -> Optional[torch.Tensor]:
+    """The batch's conformation loss weights (`[data] added_weight`), per atom for atom terms."""
+    weight = batch.targets.get("weight")
+    if weight is None:
+        return None
+    return weight[batch.conformation] if per_atom else weight
 
 
 # Teachers' force spreads below this (eV/Å) count as this in the log-space uncertainty loss: an
@@ -27,10 +46,11 @@ def rmse_plus_mae(prediction: torch.Tensor, target: torch.Tensor) -> Optional[to
 SPREAD_FLOOR = 1e-3
 
 
-def log_ratio_loss(uncertainty: torch.Tensor, spread: torch.Tensor) -> Optional[torch.Tensor]:
+def log_ratio_loss(uncertainty: torch.Tensor, spread: torch.Tensor,
+                   weight: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """RMSE + MAE of log(u) − log(σ): the spreads span orders of magnitude between a calm and a
     strained atom, and what matters is their ranking and ratio, not their absolute size."""
-    return rmse_plus_mae(torch.log(uncertainty), torch.log(spread.clamp_min(SPREAD_FLOOR)))
+    return rmse_plus_mae(torch.log(uncertainty), torch.log(spread.clamp_min(SPREAD_FLOOR)), weight)
 
 
 def hierarchicality(terms: torch.Tensor, conformation: torch.Tensor, n_conformations: int,
@@ -55,11 +75,11 @@ def loss_terms(prediction: Prediction, batch: Batch, config: TrainConfig,
               "atom_energy": (config.atom_energy_weight, prediction.atom_energy)}
     for name, (weight, predicted) in wanted.items():
         if weight > 0 and predicted is not None and name in batch.targets:
-            value = rmse_plus_mae(predicted, batch.targets[name])
+            value = rmse_plus_mae(predicted, batch.targets[name], row_weights(batch, per_atom=name != "energy"))
             if value is not None:
                 terms[name] = value
     if config.uncertainty_weight > 0 and prediction.uncertainty is not None and "uncertainty" in batch.targets:
-        value = log_ratio_loss(prediction.uncertainty, batch.targets["uncertainty"])
+        value = log_ratio_loss(prediction.uncertainty, batch.targets["uncertainty"], row_weights(batch, per_atom=True))
         if value is not None:
             terms["uncertainty"] = value
     if config.hierarchicality > 0 and prediction.terms.shape[1] > 1 and zeroth_order is not None:
