@@ -176,3 +176,23 @@ def test_an_exported_model_predicting_nan_is_reported_with_its_conformation(
     argv = [str(broken), *tiny_exports["data_args"], "--out", str(tmp_path / "ev"), "--max-conformations", "20"]
     assert evaluate(argv) == 1
     assert "non-finite energy or force on conformation" in capsys.readouterr().err
+
+
+def test_energy_only_file(tiny_exports: dict, tmp_path: Path) -> None:
+    """A file without forces (e.g. what ekd.learn's CCSD(T) oracle adds) gives energy errors and
+    no force columns; it once crashed in the sign check."""
+    import h5py
+
+    data = read_data(tiny_exports["spec"])
+    rows = np.flatnonzero(data.n_atoms == data.n_atoms[0])[:5]
+    part = data.subset(rows)
+    path = tmp_path / "energies.h5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("molecule")
+        g["atomic_numbers"] = part.species[: part.n_atoms[0]]
+        g["coordinates"] = part.positions.reshape(len(part), -1, 3)
+        g["energy"] = part.energy
+    assert evaluate([str(tiny_exports["student"]), "--data", str(path), "--energy-key", "energy", "--energy-unit", "eV",
+                     "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["models"]["student"]["energy"]["count"] == 5 and report["models"]["student"]["forces"] is None

@@ -110,10 +110,11 @@ def check_sign_by_models(check: SignCheck, outputs: List[ModelOutput], data: Ato
                          forces_sign: float = 1.0) -> SignCheck:
     """When the file has no trajectory: if every evaluated model's forces point against the
     file's (cosine < −0.8), the file's forces are the ones reversed."""
+    if data.forces is None or not data.has_forces.any():
+        return check
     usable = [o for o in outputs if o.error is None]
     check.cosines = {o.name: force_cosine(o.forces, data.forces) for o in usable}
-    decided = check.method == "finite-difference" and check.slope is not None
-    if decided or data.forces is None or not data.has_forces.any():
+    if check.method == "finite-difference" and check.slope is not None:
         return check
     values = [c for c in check.cosines.values() if c is not None]
     if not values:
