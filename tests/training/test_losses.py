@@ -49,4 +49,4 @@ def test_weight_two_equals_the_conformation_twice(dtype: torch.dtype) -> None:
     assert set(a) == set(b) == {"energy", "forces", "atom_energy", "uncertainty"}
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     for name in a:
-        assert float(a[name]) == pytest.approx(float(b[name]), rel=tolerance), name
+        assert float(a[name].detach()) == pytest.approx(float(b[name].detach()), rel=tolerance), name

@@ -146,9 +146,15 @@ Tensor edge_contraction_cpu(const Tensor& g_in, const Tensor& z_in, const Tensor
       });
       return;
     }
-    // every receiver's g as (F, V), V padded to whole vectors
-    Tensor gt = torch::zeros({R, F, k * lanes}, z.options());
-    gt.narrow(2, 0, V).copy_(g_in.transpose(1, 2));
+    // every receiver's g as (F, V), V padded to whole vectors (zeroed only when there is padding:
+    // filling the table first cost as much as the copy in a training step)
+    Tensor gt;
+    if (V == k * lanes) {
+      gt = g_in.transpose(1, 2).contiguous();
+    } else {
+      gt = torch::zeros({R, F, k * lanes}, z.options());
+      gt.narrow(2, 0, V).copy_(g_in.transpose(1, 2));
+    }
     const scalar_t* gp = gt.data_ptr<scalar_t>();
     at::parallel_for(0, R, kGrain, [&](int64_t begin, int64_t end) {
       with_chunk(k, [&](auto K) {

