@@ -39,6 +39,7 @@ from ekd.errors import ConfigError
     ("[data]\npath = 'embedded'\n[learn]\noracle = 'dft'\n", "oracle 'dft' is not known"),
     ("[data]\npath = 'embedded'\nadditions = 'x.h5'\n", "data.additions must be list"),
     ("[data]\npath = 'embedded'\nadded_weight = 0.0\n", "[data] added_weight must be a number in (0, 1000]"),
+    ("[data]\npath = 'embedded'\n[learn]\nmd_test_fraction = 0.9\n", "[learn] md_test_fraction must be in [0, 0.5]"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"

@@ -207,7 +207,8 @@ class LearnSettings:
     "gfn2-xtb" (tblite) or "ase:package.module.Class" (oracle_options: its keyword arguments);
     before the first call it recomputes `oracle_check` training conformations, which must agree
     with the data within `oracle_tolerance` eV (same level of theory and units); `jobs`
-    processes call it."""
+    processes call it. Of the labelled frames that carry the oracle's forces, `md_test_fraction`
+    are held out of training as a test set of MD-sampled frames (docs/learn.md)."""
 
     rounds: int = 2
     temperatures: List[float] = field(default_factory=lambda: [500.0])
@@ -236,8 +237,12 @@ class LearnSettings:
     oracle_check: int = 3
     oracle_tolerance: float = 1e-3
     jobs: int = 1
+    md_test_fraction: float = 0.1
 
     def check(self) -> None:
+        if not 0 <= self.md_test_fraction <= 0.5:
+            raise ConfigError(f"[learn] md_test_fraction must be in [0, 0.5] (the share of labelled frames with forces "
+                              f"held out as a test set), got {self.md_test_fraction}")
         for name in ("rounds", "md_starts", "cluster_starts", "box_starts", "md_steps", "md_every", "per_trajectory",
                      "budget", "oracle_check", "jobs", "cluster_size"):
             if getattr(self, name) < 0:

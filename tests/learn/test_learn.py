@@ -176,6 +176,26 @@ def test_one_round_grows_the_data_with_provenance(grown: dict) -> None:
             np.testing.assert_allclose(atoms.get_forces(), group["forces"][0], atol=1e-6)
 
 
+def test_labelled_md_frames_are_held_out_as_a_test_set(grown: dict) -> None:
+    """[learn] md_test_fraction (0.1) of the labelled frames with forces never train; every
+    round from 1 on reports its models' errors on them."""
+    out = grown["out"]
+    report = json.loads((out / "learn.json").read_text())["rounds"]
+    oracle = report[1]["oracle"]
+    assert oracle["held_out"] == round(0.1 * (oracle["added"] + oracle["held_out"])) > 0
+    with h5py.File(out / "round_1" / "md_test.h5", "r") as held, h5py.File(out / "round_1" / "additions.h5", "r") as added:
+        held_ids = set(np.concatenate([held[g]["candidate"][()] for g in held]).tolist())
+        added_ids = set(np.concatenate([added[g]["candidate"][()] for g in added]).tolist())
+        assert len(held_ids) == oracle["held_out"] and not held_ids & added_ids
+        assert all(np.isfinite(held[g]["forces"][()]).all() for g in held)
+    assert report[0]["md_test"] == {}
+    tested = report[1]["md_test"]
+    assert tested["frames"] == oracle["held_out"]
+    for model in ("student", "baseline", "ensemble"):
+        assert 0 < tested[model]["force_rmse"] < 50 and np.isfinite(tested[model]["energy_rmse"])
+    assert f"| {oracle['held_out']} | " in (out / "learn.md").read_text()
+
+
 def test_the_grown_round_keeps_the_test_split_and_trains_on_every_addition(grown: dict) -> None:
     out = grown["out"]
     first = json.loads((out / "round_0" / "split.json").read_text())

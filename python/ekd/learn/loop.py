@@ -16,7 +16,8 @@ Round 0 is the EKD method on the data as given. Every round k ≥ 1 then
 
 Layout of OUT: learn.toml (the configuration; --resume must match it), oracle_check.json, and
 round_k/ = a run directory (config.toml, teachers/, labels.h5, student/, baseline/, summary.*)
-plus candidates.h5, oracle/NNNNNN.npz (one result per call), additions.h5 and sampling.h5;
+plus candidates.h5, oracle/NNNNNN.npz (one result per call), additions.h5, md_test.h5 (labelled frames
+held out of training, `ekd.learn.md_test`) and sampling.h5;
 learn.json, learn.md and learn.png report every round (`ekd.learn.report`).
 """
 
@@ -49,6 +50,7 @@ from .additions import (atoms_arrays, atoms_from_arrays, count_additions, read_a
 from .oracle import Oracle, check_agreement, make_oracle, run_calls
 from .report import round_report, write_learn_report
 from .boxes import run_boxes
+from .md_test import MD_TEST_NAME, hold_out, md_test_errors
 from .sampling import (KINDS, Trajectories, committee_deviation, join, lowest_energies, run_dynamics, start_references,
                        starting_structures)
 from .selection import REASONS, select_frames
@@ -104,7 +106,8 @@ def run_learning(config: RunConfig, out: Path, rounds: Optional[int] = None, res
         grown = grow(learning, k, oracle) if k else {}
         run = train_round(learning, k)
         sampled = sample_round(learning, k, run)
-        rows.append(round_report(k, run, grown, sampled, time.perf_counter() - began))
+        tested = md_test_errors(run, [learning.round_dir(j) / MD_TEST_NAME for j in range(1, k + 1)])
+        rows.append(round_report(k, run, grown, sampled, tested, time.perf_counter() - began))
         write_learn_report(learning.out, rows)
         say(f"learn: round {k} done: {rows[-1]['headline']}")
     return {"rounds": rows}
@@ -147,6 +150,7 @@ def grow(learning: Learning, k: int, oracle: Oracle) -> Dict[str, Any]:
     written = read_arrays(additions, [])[1]
     return {"calls": int(written["calls"]), "failed": int(written["failed"]), "too_high": int(written["too_high"]),
             "oracle_seconds": float(written["oracle_seconds"]), "added": count_additions(additions),
+            "held_out": int(written.get("held_out", 0)),
             "level": str(written["level"]), "program": str(written["program"]),
             "candidates_over_threshold": int(attrs["over_threshold"]), "failed_trajectories": int(attrs["before_failure"])}
 
@@ -181,14 +185,23 @@ def label_candidates(learning: Learning, k: int, oracle: Oracle, candidates: Ato
         raise EkdError(f"[learn] round {k}: no labelled conformation is within max_excess_energy = "
                        f"{settings.max_excess_energy:g} eV/atom of its molecules' lowest training energies; lower "
                        "threshold_max, or raise max_excess_energy")
-    write_additions(additions, candidates.subset(rows), np.array([results[c].energy for c in rows]),
-                    np.concatenate([results[c].forces for c in rows]),
-                    {**{key: value[rows] for key, value in provenance.items()}, "candidate": rows},
-                    {"round": k, "oracle": settings.oracle, "level": oracle.level, "program": oracle.program,
-                     "reasons": list(REASONS), "oracle_options": json.dumps(settings.oracle_options),
-                     "calls": len(results), "failed": int((~ok).sum()), "too_high": int(too_high.sum()),
-                     "oracle_seconds": float(sum(r.seconds for r in results))})
-    learning.say(f"learn: round {k}: wrote {additions} ({len(rows)} conformations, {int((~ok).sum())} failed calls)")
+    has_forces = np.array([bool(np.isfinite(results[c].forces).all()) for c in rows])
+    held = hold_out(has_forces, settings.md_test_fraction, np.random.default_rng([learning.config.run.seed, k, 17]))
+    attrs = {"round": k, "oracle": settings.oracle, "level": oracle.level, "program": oracle.program,
+             "reasons": list(REASONS), "oracle_options": json.dumps(settings.oracle_options),
+             "calls": len(results), "failed": int((~ok).sum()), "too_high": int(too_high.sum()),
+             "held_out": int(held.sum()), "oracle_seconds": float(sum(r.seconds for r in results))}
+
+    def write(path: Path, chosen: np.ndarray) -> None:
+        write_additions(path, candidates.subset(chosen), np.array([results[c].energy for c in chosen]),
+                        np.concatenate([results[c].forces for c in chosen]),
+                        {**{key: value[chosen] for key, value in provenance.items()}, "candidate": chosen}, attrs)
+
+    if held.any():  # written first: the additions file marks the round's labelling as done
+        write(folder / MD_TEST_NAME, rows[held])
+    write(additions, rows[~held])
+    learning.say(f"learn: round {k}: wrote {additions} ({int((~held).sum())} conformations, {int(held.sum())} held out "
+                 f"as MD test frames, {int((~ok).sum())} failed calls)")
 
 
 def write_candidates(learning: Learning, k: int, path: Path) -> None:

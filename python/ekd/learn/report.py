@@ -1,7 +1,8 @@
 """The active-learning report: one row per round in learn.json, learn.md and learn.png.
 
 Per round: data size and additions, oracle calls, failures and time, test errors on the
-original test split (from the round's summary.json), and the survival of the student's and the
+original test split (from the round's summary.json) and on the MD frames held out so far
+(`ekd.learn.md_test`), and the survival of the student's and the
 baseline's sampling MD (the same starts every round) with the teachers' committee deviation.
 """
 
@@ -18,13 +19,13 @@ MODELS = ("ensemble", "student", "baseline")
 
 
 def round_report(k: int, run: RunDirectory, grown: Dict[str, Any], sampled: Dict[str, Any],
-                 seconds: float) -> Dict[str, Any]:
+                 md_test: Dict[str, Any], seconds: float) -> Dict[str, Any]:
     summary = json.loads(run.summary_json.read_text())
     test = {name: {key: summary["models"][name]["test"].get(key) for key in ("energy_rmse", "force_rmse")}
             for name in MODELS if name in summary["models"] and "test" in summary["models"][name]}
     molecules = sampled.get("molecule", {})
     row = {"round": k, "conformations": len(run.data), "training": len(run.split["train"]),
-           "oracle": grown, "test": test, "sampling": sampled, "seconds": round(seconds, 1)}
+           "oracle": grown, "test": test, "md_test": md_test, "sampling": sampled, "seconds": round(seconds, 1)}
     row["headline"] = (f"{len(run.data)} conformations; student F RMSE "
                        f"{_milli(test.get('student', {}).get('force_rmse'))} meV/Å; student MD survived "
                        f"{molecules.get('student_survived', '-')}/{molecules.get('trajectories', '-')} molecules")
@@ -41,14 +42,22 @@ def _survival(block: Dict[str, Any], model: str) -> str:
     return f"{block[f'{model}_survived']}/{block['trajectories']}"
 
 
+def _md_test(block: Dict[str, Any]) -> str:
+    if not block:
+        return "- | -"
+    return f"{block['frames']} | " + " / ".join(_milli(block.get(m, {}).get("force_rmse"))
+                                               for m in ("student", "baseline", "ensemble"))
+
+
 def markdown(rows: List[Dict[str, Any]]) -> str:
     lines = ["# Active learning", "",
-             "Test errors on the original test split (meV, meV/Å); survival: sampling MD trajectories that kept "
-             "every bond (docs/learn.md), the same starts every round.", "",
+             "Test errors on the original test split (meV, meV/Å); MD test: force RMSE (meV/Å) on the labelled MD "
+             "frames held out of training so far (student / baseline / ensemble); survival: sampling MD trajectories "
+             "that kept every bond (docs/learn.md), the same starts every round.", "",
              "| round | conformations | added | oracle calls (failed, too high) | oracle s | E RMSE student | F RMSE ensemble | "
-             "F RMSE student | F RMSE baseline | molecules student | molecules baseline | clusters student | "
-             "clusters baseline | boxes student | boxes baseline | frames in window |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "F RMSE student | F RMSE baseline | MD test frames | MD test F RMSE | molecules student | molecules baseline | "
+             "clusters student | clusters baseline | boxes student | boxes baseline | frames in window |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         oracle, test, s = row["oracle"], row["test"], row["sampling"]
         grown = (f"{oracle['added']} | {oracle['calls']} ({oracle['failed']}, {oracle['too_high']}) | "
@@ -58,7 +67,7 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
                      f"{_milli(test.get('student', {}).get('energy_rmse'))} | "
                      f"{_milli(test.get('ensemble', {}).get('force_rmse'))} | "
                      f"{_milli(test.get('student', {}).get('force_rmse'))} | "
-                     f"{_milli(test.get('baseline', {}).get('force_rmse'))} | "
+                     f"{_milli(test.get('baseline', {}).get('force_rmse'))} | {_md_test(row.get('md_test', {}))} | "
                      f"{_survival(s.get('molecule', {}), 'student')} | {_survival(s.get('molecule', {}), 'baseline')} | "
                      f"{_survival(s.get('cluster', {}), 'student')} | {_survival(s.get('cluster', {}), 'baseline')} | "
                      f"{_survival(s.get('box', {}), 'student')} | {_survival(s.get('box', {}), 'baseline')} | "
@@ -84,7 +93,11 @@ def plot(path: Path, rows: List[Dict[str, Any]]) -> None:
         values = [row["test"].get(model, {}).get("force_rmse") for row in rows]
         if any(v is not None for v in values):
             errors.plot(rounds, [v * 1e3 if v is not None else float("nan") for v in values], "o-", label=model)
-    errors.set(xlabel="round", ylabel="test force RMSE (meV/Å)", title="original test split")
+        held = [row.get("md_test", {}).get(model, {}).get("force_rmse") for row in rows]
+        if any(v is not None for v in held):
+            errors.plot(rounds, [v * 1e3 if v is not None else float("nan") for v in held], "x:",
+                        label=f"{model}, MD test")
+    errors.set(xlabel="round", ylabel="test force RMSE (meV/Å)", title="original test split and MD test frames")
     errors.legend()
     for kind in ("molecule", "cluster", "box"):
         for model, style in (("student", "o-"), ("baseline", "s--")):
