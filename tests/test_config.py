@@ -56,3 +56,13 @@ def test_config_round_trips_through_toml(tmp_path: Path) -> None:
     path = tmp_path / "again.toml"
     path.write_text(config_to_toml(config))
     assert load_config(path) == config
+
+
+def test_embedded_data_names(tmp_path: Path) -> None:
+    """`path = "embedded"` and `"embedded-v2"` name the package's two CCSD(T) data sets."""
+    from ekd.config import EMBEDDED_DATA
+
+    for name, file in (("embedded", "chno_ccsdt.h5"), ("embedded-v2", "chno_ccsdt_v2.h5")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f"[data]\npath = '{name}'\n")
+        assert load_config(path).data.path == str(EMBEDDED_DATA.with_name(file))

@@ -19,6 +19,9 @@ from .models import config_class
 from .training import TrainConfig
 
 EMBEDDED_DATA = Path(__file__).parent / "embedded" / "chno_ccsdt.h5"
+# `[data] path` names for the package's own data: version 1 (1400 conformations of 7 molecules)
+# and version 2 (+ 50 CCSD(T) conformations active learning added, water/methanol dimers among them)
+EMBEDDED_SETS = {"embedded": EMBEDDED_DATA, "embedded-v2": EMBEDDED_DATA.with_name("chno_ccsdt_v2.h5")}
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 
 
@@ -429,8 +432,8 @@ def load_config(path: Optional[Path]) -> RunConfig:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     data = raw.get("data", {})
-    if isinstance(data, dict) and data.get("path") == "embedded":
-        data["path"] = str(EMBEDDED_DATA)
+    if isinstance(data, dict) and data.get("path") in EMBEDDED_SETS:
+        data["path"] = str(EMBEDDED_SETS[data["path"]])
     elif isinstance(data, dict) and "path" in data and not Path(data["path"]).is_absolute():
         data["path"] = str((path.parent / data["path"]).resolve())
     if isinstance(data, dict) and isinstance(data.get("additions"), list):
