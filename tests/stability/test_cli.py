@@ -46,6 +46,10 @@ def test_quick_stability_run(tiny_exports: dict, tmp_path: Path, capsys: pytest.
             assert row["survived"] == (row["reason"] == "")
             if row["survived"]:
                 assert row["steps"] == 50 and row["time_ps"] == pytest.approx(0.0125)
+                # the student's own uncertainty, largest per 10 fs window (40 steps: 2 windows); the
+                # ensemble file has none of its own (its members' spread would double the cost)
+                assert (len(row["uncertainty"]) == 2 and min(row["uncertainty"]) > 0) if name == "student" \
+                    else row["uncertainty"] == []
     assert (out / "survival.png").stat().st_size > 1000
     assert "| student |" in (out / "stability.md").read_text()
     capsys.readouterr()

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..fileio import atomic_write_text
-from .trajectories import TrajectoryResult
+from .trajectories import UNCERTAINTY_WINDOW_FS, TrajectoryResult
 
 
 def kaplan_meier(times: Sequence[float], failed: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
@@ -56,8 +56,37 @@ def summarize(results: List[TrajectoryResult], length_ps: float) -> Dict[str, An
 
 
 def summary_with_detail(rows: List[TrajectoryResult], length_ps: float) -> Dict[str, Any]:
-    """`summarize` and every trajectory's own row."""
-    return {**summarize(rows, length_ps), "trajectories_detail": [asdict(r) for r in rows]}
+    """`summarize`, the uncertainty's warning (when traced) and every trajectory's own row."""
+    out = {**summarize(rows, length_ps), "trajectories_detail": [asdict(r) for r in rows]}
+    warning = uncertainty_warning(rows)
+    if warning:
+        out["uncertainty_warning"] = warning
+    return out
+
+
+def uncertainty_warning(rows: List[TrajectoryResult], window_fs: float = UNCERTAINTY_WINDOW_FS) -> Dict[str, Any]:
+    """Does the model's own uncertainty rise before its trajectories fail? Per trajectory the
+    largest uncertainty before the failure (or over the whole run); AUC: the chance that a failed
+    trajectory's exceeds a surviving one's (0.5: no warning). At two thresholds — the largest
+    any surviving trajectory reached (no false alarm here) and the 95th percentile of theirs —
+    how many failures crossed it first, and how long (ps) before they failed."""
+    traced = [r for r in rows if r.uncertainty]
+    survived = np.array([max(r.uncertainty) for r in traced if r.survived])
+    failed = [r for r in traced if not r.survived]
+    if not len(survived) or not failed:
+        return {}
+    peaks = np.array([max(r.uncertainty) for r in failed])
+    auc = float(np.mean([(p > survived).mean() + 0.5 * (p == survived).mean() for p in peaks]))
+    out: Dict[str, Any] = {"trajectories": len(traced), "failed": len(failed), "auc": auc,
+                           "window_fs": window_fs, "thresholds": []}
+    for label, threshold in (("largest of the surviving", float(survived.max())),
+                             ("95th percentile of the surviving", float(np.percentile(survived, 95)))):
+        leads = [r.time_ps - first * window_fs / 1000.0 for r in failed
+                 for first in [next((k for k, u in enumerate(r.uncertainty) if u > threshold), None)]
+                 if first is not None]
+        out["thresholds"].append({"label": label, "eV_per_A": threshold, "failures_flagged": len(leads),
+                                  "median_lead_ps": float(np.median(leads)) if leads else None})
+    return out
 
 
 def write_report(report: Dict[str, Any], results: Dict[str, List[TrajectoryResult]], length_ps: float, out: Path,
@@ -133,6 +162,19 @@ def markdown(report: Dict[str, Any]) -> str:
             b = m["lammps_box"]
             lines.append(f"| {name} | {b['trajectories_detail'][0]['molecule']} | {b['survived']}/{b['trajectories']} | "
                          f"{_median(b['median_time_to_failure_ps'], length)} |")
+    warned = {name: m["uncertainty_warning"] for name, m in report["models"].items() if "uncertainty_warning" in m}
+    if warned:
+        lines += ["", "Does the model's own per-atom uncertainty rise before a failure? AUC: chance that a failed "
+                      "trajectory's largest uncertainty before failing exceeds a surviving trajectory's (0.5: no "
+                      "warning); flagged: failures that crossed the threshold first, and the median time from the "
+                      "first crossing (within a window) to the failure.", "",
+                  "| model | failed / traced | AUC | threshold (eV/Å) | flagged | median lead (ps) |",
+                  "|---|---:|---:|---|---:|---:|"]
+        for name, w in warned.items():
+            for t in w["thresholds"]:
+                lead = "—" if t["median_lead_ps"] is None else f"{t['median_lead_ps']:.3f}"
+                lines.append(f"| {name} | {w['failed']}/{w['trajectories']} | {w['auc']:.2f} | {t['eV_per_A']:.3g} "
+                             f"({t['label']}) | {t['failures_flagged']}/{w['failed']} | {lead} |")
     failures = [(name, r) for name, m in report["models"].items()
                 for r in m["trajectories_detail"] + m.get("lammps_box", {}).get("trajectories_detail", [])
                 if not r["survived"]]

@@ -15,7 +15,7 @@ from ase.data import chemical_symbols
 from ..calculator import EKDCalculator
 from ..data import AtomsData
 from ..errors import EkdError, ModelFileError
-from ..export import is_exported, model_names
+from ..export import is_exported, model_names, read_metadata
 from .box import BoxSettings, build_box, run_lammps_box
 from .criterion import FailureCriterion
 from .report import summary_with_detail, write_report
@@ -64,7 +64,8 @@ def open_calculator(path: Path) -> EKDCalculator:
     if not is_exported(path):
         raise ModelFileError(f"{path}: not an exported ekd model; stability runs need exported files "
                              "(python -m ekd.export RUN_DIR --model NAME -o FILE)")
-    return EKDCalculator(str(path))
+    # a model with its own per-atom uncertainty gives it in the same call: traced (trajectories.py)
+    return EKDCalculator(str(path), uncertainty=bool(read_metadata(path).atom_uncertainty))
 
 
 def check_molecule_elements(name: str, calculator: EKDCalculator, molecules: List[Molecule]) -> None:

@@ -8,8 +8,8 @@ seeded with [s, m], so starting velocities and thermostat noise are identical ac
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -60,6 +60,12 @@ class TrajectoryResult:
     steps: int
     reason: str = ""
     seconds: float = 0.0
+    # with a model that has its own per-atom uncertainty: the largest of it (eV/Å) in every
+    # UNCERTAINTY_WINDOW_FS of the trajectory, up to the frame before a failure
+    uncertainty: List[float] = field(default_factory=list)
+
+
+UNCERTAINTY_WINDOW_FS = 10.0
 
 
 def run_trajectory(calculator: Any, molecule: Molecule, molecule_index: int, seed: int, settings: MDSettings,
@@ -90,9 +96,11 @@ def run_trajectory(calculator: Any, molecule: Molecule, molecule_index: int, see
                         friction=settings.friction / units.fs, rng=rng, fixcm=False)
     bonds = covalent_bonds(molecule.species, molecule.positions, criterion.bond_factor)
 
+    trace = UncertaintyTrace(settings.timestep)
+
     def result(step: int, reason: str) -> TrajectoryResult:
         return TrajectoryResult(model, molecule.name, seed, not reason, step * settings.timestep / 1000.0, step,
-                                reason, time.perf_counter() - start)
+                                reason, time.perf_counter() - start, trace.windows)
 
     previous: Optional[float] = None
     for step in range(settings.steps + 1):
@@ -105,5 +113,24 @@ def run_trajectory(calculator: Any, molecule: Molecule, molecule_index: int, see
         reason = frame_failure(atoms.positions, energy, previous, bonds, molecule.species, criterion)
         if reason is not None:
             return result(step, reason)
+        trace.add(step, atoms.calc.results.get("atom_uncertainty"))
         previous = energy
     return result(settings.steps, "")
+
+
+class UncertaintyTrace:
+    """The largest per-atom uncertainty of each window of UNCERTAINTY_WINDOW_FS (frames that
+    passed the criterion only: what a run could have acted on before it failed)."""
+
+    def __init__(self, timestep_fs: float) -> None:
+        self.steps_per_window = max(1, int(round(UNCERTAINTY_WINDOW_FS / timestep_fs)))
+        self.windows: List[float] = []
+
+    def add(self, step: int, atom_uncertainty: Optional[np.ndarray]) -> None:
+        if atom_uncertainty is None or not len(atom_uncertainty):
+            return
+        value, window = float(np.max(atom_uncertainty)), step // self.steps_per_window
+        if window < len(self.windows):
+            self.windows[window] = max(self.windows[window], value)
+        else:
+            self.windows.append(value)
