@@ -128,8 +128,9 @@ def open_run(root: Path, config: RunConfig, progress: bool = True, write: bool =
     split = _split(layout, data, config, write)
     log.append("split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
     if data.round is not None and np.any(data.round > 0):
-        log.append(f"{int(np.sum(data.round > 0))} conformations added by active learning (rounds "
-                   f"{', '.join(str(r) for r in np.unique(data.round[data.round > 0]))}); they weigh "
+        rounds = [str(r) for r in np.unique(data.round[data.round > 0])]
+        log.append(f"{int(np.sum(data.round > 0))} conformations added by active learning (round"
+                   f"{'s' if len(rounds) > 1 else ''} {', '.join(rounds)}); they weigh "
                    f"{config.data.added_weight:g} in every loss ([data] added_weight)")
     elements = data.elements
     references = _references(layout, elements, config, write, data.source,
