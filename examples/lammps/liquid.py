@@ -38,6 +38,8 @@ EMBEDDED = Path(__file__).resolve().parents[2] / "python" / "ekd" / "embedded" /
 EXPERIMENT = {"r": 2.80, "g": 2.57, "source": "X-ray, 295 K, Skinner et al. J. Chem. Phys. 138, 074506 (2013)"}
 STRETCH = 1.6          # docs/stability.md: a bond longer than this x its start has broken
 DUMP_PS = 0.25
+RDF_BINS = 200         # g_OO(r) bins from 0 to 6 Å
+RDF_EVERY = 20         # steps between g(r) samples; both run lengths are whole multiples of it
 
 
 def water_box(waters: int, density: float, seed: int) -> "Atoms":  # noqa: F821
@@ -58,8 +60,9 @@ def deck(model: Path, elements: list, args: argparse.Namespace, nvt: int, nve: i
         f"fix nvt all nvt temp {args.temperature} {args.temperature} 0.1",
         f"run {nvt}", "unfix nvt",
         "comm_modify cutoff 7.5",  # g(r) to 6 Å + skin needs ghosts beyond the model's cutoff
-        f"compute rdf all rdf 200 {oxygen} {oxygen} cutoff 6.0",
-        f"fix rdf all ave/time 20 {nve // 20} {nve} c_rdf[*] file rdf.txt mode vector",
+        f"compute rdf all rdf {RDF_BINS} {oxygen} {oxygen} cutoff 6.0",
+        # one average over the NVE run, written at its last step (outputs fall on multiples of Nfreq)
+        f"fix rdf all ave/time {RDF_EVERY} {nve // RDF_EVERY} {nvt + nve} c_rdf[*] file rdf.txt mode vector",
         "fix nve all nve", f"run {nve}", ""])
 
 
@@ -104,8 +107,9 @@ def first_peak(path: Path) -> dict:
     if not path.exists():
         return {}
     lines = [line.split() for line in path.read_text().splitlines() if line and not line.startswith("#")]
-    n = int(lines[-201][1]) if len(lines) >= 201 else 0
-    table = np.array([[float(v) for v in row] for row in lines[-n:]]) if n else np.empty((0, 4))
+    if len(lines) < RDF_BINS + 1:
+        return {}
+    table = np.array([[float(v) for v in row] for row in lines[-RDF_BINS:]])    # the last block's rows
     r, g = table[:, 1], table[:, 2]
     shell = r < 3.3
     if not shell.any():
@@ -135,7 +139,7 @@ def main() -> int:
     box = water_box(args.waters, args.density, args.seed)
     write_data(args.out / "box.data", box, elements)
     per_ps = int(round(1000.0 / args.timestep))
-    nvt, nve = int(args.nvt_ps * per_ps), int(args.nve_ps * per_ps)
+    nvt, nve = (max(1, round(ps * per_ps / RDF_EVERY)) * RDF_EVERY for ps in (args.nvt_ps, args.nve_ps))
     dump_every = max(1, int(DUMP_PS * per_ps))
     (args.out / "in.liquid").write_text(deck(args.model, elements, args, nvt, nve, dump_every))
     print(f"{len(box)} atoms ({args.waters} waters) in a {box.cell[0, 0]:.2f} Å box at {args.density} g/cm³; "

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
+import numpy as np
+
+from .data import GraphData
 from .fileio import atomic_write_text
 from .evaluate import mean_prediction, parity_plots, split_metrics, uncertainty_calibration
 from .models import count_parameters, load_model
@@ -49,20 +52,21 @@ def _training_info(path: Path) -> Dict[str, Any]:
             "conformations_per_second": round(sorted(rates)[len(rates) // 2], 1) if rates else None}
 
 
-def _predictions(run: RunDirectory, checkpoints: Dict[str, Path]
-                 ) -> tuple[Dict[str, Dict[str, Predictions]], Dict[str, int]]:
-    """predictions[model][split] (the ensemble mean of the teachers inserted after them), and
-    each model's parameter count."""
+def run_predictions(run: RunDirectory, checkpoints: Dict[str, Path], graph_for: Callable[[float], GraphData],
+                    splits: Dict[str, np.ndarray]) -> tuple[Dict[str, Dict[str, Predictions]], Dict[str, int]]:
+    """predictions[model][split] of every checkpoint on the conformations `splits` of the graph
+    `graph_for(cutoff)` gives, the teachers' ensemble mean inserted after them once every teacher
+    of the run is trained; and each model's parameter count."""
     out: Dict[str, Dict[str, Predictions]] = {}
     parameters: Dict[str, int] = {}
     for name, path in checkpoints.items():
         model = load_model(path).to(run.config.run.device)
         parameters[name] = count_parameters(model)
-        graph = run.graph(model.cutoff)
-        out[name] = {split: predict_all(model, graph, ids) for split, ids in run.split.items() if len(ids)}
+        graph = graph_for(model.cutoff)
+        out[name] = {split: predict_all(model, graph, ids) for split, ids in splits.items() if len(ids)}
     teachers = [n for n in out if n.startswith("teacher_")]
     ordered: Dict[str, Dict[str, Predictions]] = {n: out[n] for n in teachers}
-    if len(teachers) == len(run.config.teachers.indices()):
+    if teachers and len(teachers) == len(run.config.teachers.indices()):
         ordered["ensemble"] = {s: mean_prediction([out[t][s] for t in teachers]) for s in out[teachers[0]]}
     ordered.update({n: out[n] for n in out if n not in teachers})
     return ordered, parameters
@@ -79,7 +83,7 @@ def _ratio(models: Dict[str, Any], key: str) -> Optional[float]:
 def write_summary(run: RunDirectory) -> str:
     """Evaluate every finished model, write summary.json / summary.md / plots; return the table."""
     checkpoints = trained_models(run)
-    predictions, parameters = _predictions(run, checkpoints)
+    predictions, parameters = run_predictions(run, checkpoints, run.graph, run.split)
     models = {name: {split: split_metrics(p, run.data) for split, p in by_split.items()}
               for name, by_split in predictions.items()}
     training = {name: {**_training_info(path), "parameters": parameters[name]}

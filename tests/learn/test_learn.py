@@ -451,3 +451,34 @@ def test_additions_are_refused_when_the_data_are_read_in_shards(embedded_data: P
     config.data.additions = [str(tmp_path / "additions.h5")]
     with pytest.raises(ConfigError, match="additions cannot be read in shards"):
         open_run(tmp_path / "run", config, progress=False, shard=(0, 2))
+
+
+def test_added_weight_is_refused_when_the_data_are_read_in_shards(tmp_path: Path) -> None:
+    from ekd.run_directory import open_run
+    from tests.conftest import write_tiny_config
+
+    config = load_config(write_tiny_config(tmp_path))
+    config.data.added_weight = 0.5
+    with pytest.raises(ConfigError, match="added_weight is not applied to data read in shards"):
+        open_run(tmp_path / "run", config, progress=False, shard=(0, 2))
+
+
+def test_a_run_weighs_the_conformations_active_learning_added(embedded_data: Path, tmp_path: Path) -> None:
+    """Version 2 of the embedded data with `added_weight`: every model's graph carries the loss
+    weight of each conformation (the 50 additions at 0.25, the rest at 1), and the log says so."""
+    import dataclasses
+
+    from ekd.run_directory import open_run
+    from tests.conftest import write_tiny_config
+
+    config = load_config(write_tiny_config(tmp_path))
+    data = DataSpec(path=str(embedded_data.with_name("chno_ccsdt_v2.h5")), energy_key="ccsd(t)_dz.energy",
+                    forces_key="ccsd(t)_dz.forces", energy_unit="Hartree", added_weight=0.25)
+    run = open_run(tmp_path / "run", dataclasses.replace(config, data=data), progress=False)
+    weight = run.graph(4.0).conformation_targets["weight"].numpy()
+    np.testing.assert_array_equal(weight, np.where(run.data.round > 0, 0.25, 1.0))
+    assert (weight == 0.25).sum() == 50
+    assert any("50 conformations added by active learning (round 1); they weigh 0.25" in line for line in run.log)
+    unweighted = open_run(tmp_path / "run1", dataclasses.replace(config, data=dataclasses.replace(data, added_weight=1.0)),
+                          progress=False)
+    assert "weight" not in unweighted.graph(4.0).conformation_targets

@@ -13,11 +13,9 @@ import numpy as np
 
 from ..data import DataSpec, GraphData, concatenate, read_data
 from ..data.readers import ADDITIONS_KEYS
-from ..evaluate import mean_prediction, split_metrics
-from ..models import load_model
+from ..evaluate import split_metrics
 from ..run_directory import RunDirectory
-from ..summary import trained_models
-from ..training import predict_all
+from ..summary import run_predictions, trained_models
 
 MD_TEST_NAME = "md_test.h5"
 
@@ -41,17 +39,12 @@ def md_test_errors(run: RunDirectory, paths: List[Path]) -> Dict[str, Any]:
         return {}
     parts = [read_data(DataSpec(path=str(p), **ADDITIONS_KEYS)) for p in paths]
     data = concatenate(parts, " + ".join(str(p) for p in paths))
-    ids = np.arange(len(data))
-    predictions = {}
-    for name, path in trained_models(run).items():
-        model = load_model(path).to(run.config.run.device)
-        graph = GraphData(data, run.elements, model.cutoff, run.dtype, run.config.run.device)
-        predictions[name] = predict_all(model, graph, ids)
-    teachers = [n for n in predictions if n.startswith("teacher_")]
-    if teachers:
-        predictions["ensemble"] = mean_prediction([predictions.pop(t) for t in teachers])
+    predictions, _ = run_predictions(
+        run, trained_models(run),
+        lambda cutoff: GraphData(data, run.elements, cutoff, run.dtype, run.config.run.device),
+        {"md_test": np.arange(len(data))})
     out: Dict[str, Any] = {"frames": len(data)}
-    for name, prediction in predictions.items():
-        metrics = split_metrics(prediction, data)
+    for name, by_split in predictions.items():
+        metrics = split_metrics(by_split["md_test"], data)
         out[name] = {"energy_rmse": metrics.get("energy_rmse"), "force_rmse": metrics.get("force_rmse")}
     return out
