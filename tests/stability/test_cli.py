@@ -75,3 +75,34 @@ def test_stability_of_a_periodic_box_in_lammps(tiny_exports: dict, tmp_path: Pat
     assert row["survived"] == (row["reason"] == "")
     assert (out / "lammps" / "student_seed0" / "frames.dump").exists()
     assert "Periodic box in LAMMPS" in (out / "stability.md").read_text()
+
+
+def test_a_killed_study_resumes_with_what_it_finished(tiny_exports: dict, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Each trajectory is kept in progress.json as it ends: a rerun (here after a run with fewer
+    seeds, as if killed there) reuses exactly the ones with the same model file, start, seed and
+    settings, and gives the same report as one uninterrupted run."""
+    molecules = stability_molecules(tiny_exports["spec"], tmp_path / "molecules.xyz")
+    out = tmp_path / "st"
+    argv = [str(tiny_exports["student"]), "--molecules", str(molecules), "--steps", "40", "--out", str(out)]
+    assert stability(argv + ["--seeds", "1"]) == 0
+    assert len(json.loads((out / "progress.json").read_text())) == 2
+    capsys.readouterr()
+    assert stability(argv + ["--seeds", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "reused 2 trajectories" in said and said.count("\nstudent: ") == 2
+    resumed = json.loads((out / "stability.json").read_text())["models"]["student"]["trajectories_detail"]
+    whole = tmp_path / "whole"
+    assert stability(argv[:-1] + [str(whole), "--seeds", "2"]) == 0
+    once = json.loads((whole / "stability.json").read_text())["models"]["student"]["trajectories_detail"]
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(resumed) == strip(once)
+    # other settings run afresh; an unreadable file is said and replaced, never trusted
+    capsys.readouterr()
+    assert stability(argv + ["--seeds", "1", "--temperature", "300"]) == 0
+    assert "\nreused " not in capsys.readouterr().out
+    (out / "progress.json").write_text('{"truncated": ')
+    assert stability(argv + ["--seeds", "1"]) == 0
+    said = capsys.readouterr().out
+    assert "unreadable" in said and "\nreused " not in said
+    assert len(json.loads((out / "progress.json").read_text())) == 2

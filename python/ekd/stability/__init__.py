@@ -11,6 +11,7 @@ This package measures that directly, one file per job:
                      for every model
     box.py           a periodic box of the molecules in LAMMPS (`--lammps-box`)
     run.py           the study: request, starting molecules, every model's trajectories
+    progress.py      finished trajectories kept as they end: a killed study resumes
     report.py        Kaplan–Meier survival, stability.json, stability.md, survival.png
     __main__.py      the command line
 """

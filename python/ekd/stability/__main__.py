@@ -4,7 +4,8 @@ Runs many short Langevin NVT trajectories per exported model (one per molecule a
 same starts for every model) with the ASE calculator, stops each at the first failure (broken
 bond, atom flown off, non-finite energy or energy jump) and writes stability.json,
 stability.md and survival.png (Kaplan–Meier survival per model) to --out (default
-`stability/`). The criterion and every option: docs/stability.md.
+`stability/`). Every finished trajectory is kept in progress.json as it ends: the same command
+run again after a kill reuses them. The criterion and every option: docs/stability.md.
 
 Exit codes: 0 done (whatever the models' survival); 2 bad input (nothing written).
 """

@@ -18,6 +18,7 @@ from ..errors import EkdError, ModelFileError
 from ..export import is_exported, model_names, read_metadata
 from .box import BoxSettings, build_box, run_lammps_box
 from .criterion import FailureCriterion
+from .progress import Progress, start_digest
 from .report import summary_with_detail, write_report
 from .trajectories import MDSettings, Molecule, TrajectoryResult, run_trajectory
 
@@ -91,8 +92,13 @@ def run_stability(request: StabilityRequest, say: Callable[[str], None] = print)
     # the box is built (and refused if unusable) before any trajectory runs
     box = (build_box(request.molecules, request.box, max(c.cutoff for c in calculators.values()))
            if request.box.atoms > 0 else None)
-    results = {name: run_molecules(request, name, calculator, say) for name, calculator in calculators.items()}
-    boxes = run_boxes(request, box, names, calculators, say) if box is not None else {}
+    progress = Progress(request.out, say)
+    results = {name: run_molecules(request, name, path, calculators[name], progress, say)
+               for name, path in zip(names, request.models)}
+    boxes = run_boxes(request, box, names, calculators, progress, say) if box is not None else {}
+    if progress.reused:
+        say(f"reused {progress.reused} trajectories finished earlier with the same models and settings "
+            f"({progress.path})")
     length = request.md.length_ps
     report = {
         "source": request.source,
@@ -111,33 +117,44 @@ def run_stability(request: StabilityRequest, say: Callable[[str], None] = print)
     return report
 
 
-def run_molecules(request: StabilityRequest, name: str, calculator: EKDCalculator,
-                  say: Callable[[str], None]) -> List[TrajectoryResult]:
-    """One model's trajectories: every molecule, every seed."""
+def run_molecules(request: StabilityRequest, name: str, path: Path, calculator: EKDCalculator,
+                  progress: Progress, say: Callable[[str], None]) -> List[TrajectoryResult]:
+    """One model's trajectories: every molecule, every seed (each kept in `progress` as it ends)."""
     rows = []
     with warnings.catch_warnings():
         # The calculator warns once about close contacts; in a stability study they are expected.
         warnings.simplefilter("ignore")
         for index, molecule in enumerate(request.molecules):
+            start = start_digest(molecule.species, molecule.positions)
             for seed in range(request.md.seeds):
-                row = run_trajectory(calculator, molecule, index, seed, request.md, request.criterion, name)
+                # the index too: it seeds the trajectory's generator with the seed
+                key = progress.key(path, start, seed, {"molecule": index}, request.md, request.criterion)
+                row = progress.get(key, name)
+                if row is None:
+                    row = run_trajectory(calculator, molecule, index, seed, request.md, request.criterion, name)
+                    progress.put(key, row)
+                    say(f"{name}: {molecule.name} seed {seed}: {outcome(row)}")
                 rows.append(row)
-                say(f"{name}: {molecule.name} seed {seed}: {outcome(row)}")
     return rows
 
 
 def run_boxes(request: StabilityRequest, box: Atoms, names: List[str], calculators: Dict[str, EKDCalculator],
-              say: Callable[[str], None]) -> Dict[str, List[TrajectoryResult]]:
+              progress: Progress, say: Callable[[str], None]) -> Dict[str, List[TrajectoryResult]]:
     """`--lammps-box`: one LAMMPS run per model and seed on the same box."""
     out: Dict[str, List[TrajectoryResult]] = {}
+    start = start_digest(box.numbers, box.positions, np.asarray(box.cell))
     for name, path in zip(names, request.models):
         rows = []
         for seed in range(request.md.seeds):
-            folder = Path(request.out) / "lammps" / f"{name.replace('/', '_')}_seed{seed}"
-            row = run_lammps_box(path, list(calculators[name].elements), box, seed, request.md, request.box,
-                                 request.criterion, folder, name)
+            key = progress.key(path, start, seed, {"lammps_box": True}, request.md, request.criterion, request.box)
+            row = progress.get(key, name)
+            if row is None:
+                folder = Path(request.out) / "lammps" / f"{name.replace('/', '_')}_seed{seed}"
+                row = run_lammps_box(path, list(calculators[name].elements), box, seed, request.md, request.box,
+                                     request.criterion, folder, name)
+                progress.put(key, row)
+                say(f"{name}: LAMMPS {row.molecule} seed {seed}: {outcome(row)}")
             rows.append(row)
-            say(f"{name}: LAMMPS {row.molecule} seed {seed}: {outcome(row)}")
         out[name] = rows
     return out
 
