@@ -61,6 +61,30 @@ def test_forces_are_finite_differences(model_files: dict) -> None:
     assert np.allclose(forces, numeric_forces(atoms), atol=1e-7)
 
 
+def test_results_are_reused_only_while_nothing_the_model_sees_changed(model_files: dict) -> None:
+    """The calculator's own state check (exact comparison of positions, numbers, cell, pbc):
+    a repeated question is answered from the last call; any change, however small, is a new
+    call with the numbers a fresh calculator gives (to rounding)."""
+    atoms = water_box()
+    calc = atoms.calc = EKDCalculator(str(model_files["teacher"]))
+    energy = atoms.get_potential_energy()
+    calls = []
+    calc.model.evaluate, evaluate = (lambda *a, **k: calls.append(1) or evaluate(*a, **k)), calc.model.evaluate
+    assert atoms.get_potential_energy() == energy and atoms.get_forces() is not None and not calls
+    for change in (lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-12),
+                   lambda a: a.set_cell(a.cell.array * 1.001, scale_atoms=False),
+                   lambda a: a.set_pbc([True, True, False]),
+                   lambda a: a.numbers.__setitem__(1, 8)):
+        change(atoms)
+        calls.clear()
+        energy = atoms.get_potential_energy()
+        fresh = atoms.copy()
+        fresh.calc = EKDCalculator(str(model_files["teacher"]))
+        # float64; the kept neighbour list sums the edges in another order than a fresh search
+        assert len(calls) == 1 and energy == pytest.approx(fresh.get_potential_energy(), rel=1e-12, abs=1e-12)
+        assert np.allclose(atoms.get_forces(), fresh.get_forces(), rtol=1e-10, atol=1e-12) and len(calls) == 1
+
+
 def test_stress_is_the_strain_derivative(model_files: dict) -> None:
     atoms = water_box()
     atoms.calc = EKDCalculator(str(model_files["teacher"]))
