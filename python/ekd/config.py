@@ -199,8 +199,9 @@ class LearnSettings:
     `md_steps` steps of `md_timestep` fs, friction `md_friction` (1/fs), a frame every `md_every`
     steps; and `box_starts` LAMMPS runs (pair_style ekd) per temperature of a periodic box of about
     `box_atoms` atoms of the molecules of `box_molecules` ([] = all groups) at `box_density` g/cm³,
-    where each dumped frame gives a cluster carved around its most disagreed-on atom (its molecule
-    and the closest whole molecules within `carve_radius` Å, `carve_molecules` in all).
+    dumped every `box_every` steps (0: `md_every`), where each dumped frame gives a cluster carved
+    around its most disagreed-on atom (its molecule and the closest whole molecules within
+    `carve_radius` Å, `carve_molecules` in all).
     Selection: frames whose largest per-atom committee force deviation (the teachers', eV/Å) lies
     in (`threshold`, `threshold_max`] — beyond it the geometry is too far gone to teach anything —
     and the last frame within it before a trajectory fails the docs/stability.md criterion; at
@@ -226,6 +227,7 @@ class LearnSettings:
     box_molecules: List[str] = field(default_factory=list)
     carve_radius: float = 3.5
     carve_molecules: int = 3
+    box_every: int = 0
     md_steps: int = 2000
     md_timestep: float = 0.5
     md_friction: float = 0.01
@@ -264,6 +266,9 @@ class LearnSettings:
             raise ConfigError(f"[learn] temperatures must be positive kelvin, got {self.temperatures}")
         if not 1 <= self.md_every <= self.md_steps:
             raise ConfigError(f"[learn] md_every must be in 1..md_steps ({self.md_steps}), got {self.md_every}")
+        if not 0 <= self.box_every <= self.md_steps:
+            raise ConfigError(f"[learn] box_every must be in 0..md_steps ({self.md_steps}; 0: md_every), "
+                              f"got {self.box_every}")
         if not 0 < self.threshold < self.threshold_max:
             raise ConfigError(f"[learn] need 0 < threshold < threshold_max (force deviations in eV/Å), got "
                               f"{self.threshold} and {self.threshold_max}")
@@ -274,6 +279,11 @@ class LearnSettings:
         if self.oracle not in ORACLES and not (self.oracle.startswith("ase:") and "." in self.oracle):
             raise ConfigError(f"[learn] oracle {self.oracle!r} is not known; known: {', '.join(ORACLES)} or "
                               "\"ase:package.module.Class\" (an ASE calculator)")
+
+    @property
+    def box_frame_every(self) -> int:
+        """Steps between a box's dumped frames."""
+        return self.box_every or self.md_every
 
 
 @dataclass

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from ekd.config import load_config
-from ekd.data import DataSpec, read_data
+from ekd.data import AtomsData, DataSpec, read_data
 from ekd.errors import ConfigError, EkdError
 from ekd.learn.loop import read_sampling, run_learning
 from ekd.learn.oracle import check_agreement, make_oracle
@@ -254,6 +254,29 @@ def test_selection_keeps_to_the_deviation_window(grown: dict) -> None:
         t = trajectories.trajectory[row]
         later = np.flatnonzero((trajectories.trajectory == t) & (trajectories.step > trajectories.step[row]))
         assert trajectories.failed_step[t] >= 0 and (deviation[later] > settings.threshold_max).all()
+
+
+def test_picks_in_a_trajectory_are_five_of_its_own_frames_apart() -> None:
+    """Molecules keep a frame every md_every steps, boxes every box_every: the gap between two
+    picks of one trajectory counts that trajectory's own frames."""
+    from ekd.config import LearnSettings
+    from ekd.learn.sampling import BOX, MOLECULE, Trajectories
+
+    steps = [np.arange(10, 410, 10), np.arange(4, 164, 4)]       # 40 frames each; neither failed
+    n = sum(len(s) for s in steps)
+    frames = AtomsData(species=np.ones(n, dtype=np.int64), positions=np.zeros((n, 3)), n_atoms=np.ones(n, dtype=np.int64),
+                       energy=np.zeros(n))
+    trajectories = Trajectories(frames, np.repeat([0, 1], 40), np.concatenate(steps), np.full(n, 300.0),
+                                np.array([-1, -1]), ["", ""], np.array([300.0, 300.0]), np.array([MOLECULE, BOX]),
+                                np.full((2, 1), -1))
+    deviation = np.tile(np.linspace(2.0, 1.5, 40), 2)      # every frame in the window, the earliest the largest
+    settings = LearnSettings(md_every=10, box_every=4, per_trajectory=3, threshold=1.0, threshold_max=3.0)
+    picked = select_frames(trajectories, deviation, settings).frames
+    assert list(trajectories.step[picked[picked < 40]]) == [10, 60, 110]
+    assert list(trajectories.step[picked[picked >= 40]]) == [4, 24, 44]
+    settings.box_every = 0                                  # 0: boxes use md_every too
+    picked = select_frames(trajectories, deviation, settings).frames
+    assert list(trajectories.step[picked[picked >= 40]]) == [4, 56, 108]
 
 
 def test_a_threshold_that_selects_nothing_says_so(grown: dict) -> None:

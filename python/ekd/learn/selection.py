@@ -5,8 +5,8 @@ deviation in the window (`threshold`, `threshold_max`]: the dynamics left what t
 knew, but not so far that the geometry is beyond repair), or it is the last frame within the
 window's upper bound before its trajectory failed the stability criterion (the student went
 wrong soon after it). Per trajectory at most `per_trajectory` frames — the frame before the failure first, then the
-most disagreed-on frames at least `md_every` × 5 steps apart (so that two picks are not
-near-copies); then at most `budget` over the round, frames before a failure first, then by
+most disagreed-on frames at least 5 frames apart (`md_every` or, in boxes, `box_every` steps
+between frames; so that two picks are not near-copies); then at most `budget` over the round, frames before a failure first, then by
 deviation.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import LearnSettings
 from ..errors import EkdError
-from .sampling import Trajectories
+from .sampling import BOX, Trajectories
 
 BEFORE_FAILURE, DISAGREEMENT = 0, 1
 REASONS = ("before_failure", "disagreement")
@@ -44,6 +44,7 @@ def select_frames(trajectories: Trajectories, deviation: np.ndarray, settings: L
         rows = np.flatnonzero(trajectories.trajectory == t)
         chosen: List[int] = []
         trusted = rows[deviation[rows] <= settings.threshold_max]   # frames are in step order
+        gap = MIN_GAP_FRAMES * (settings.box_frame_every if trajectories.start_kind[t] == BOX else settings.md_every)
         if trajectories.failed_step[t] >= 0 and len(trusted):
             chosen.append(int(trusted[-1]))
             picks.append((int(trusted[-1]), BEFORE_FAILURE, float(deviation[trusted[-1]])))
@@ -51,8 +52,7 @@ def select_frames(trajectories: Trajectories, deviation: np.ndarray, settings: L
         for row in trusted[np.argsort(-deviation[trusted], kind="stable")]:
             if len(chosen) >= settings.per_trajectory or deviation[row] <= settings.threshold:
                 break
-            if all(abs(int(trajectories.step[row]) - int(trajectories.step[c])) >= MIN_GAP_FRAMES * settings.md_every
-                   for c in chosen):
+            if all(abs(int(trajectories.step[row]) - int(trajectories.step[c])) >= gap for c in chosen):
                 chosen.append(int(row))
                 picks.append((int(row), DISAGREEMENT, float(deviation[row])))
     over = int(np.count_nonzero((deviation > settings.threshold) & (deviation <= settings.threshold_max)))
