@@ -431,6 +431,32 @@ def test_labelling_refuses_when_nothing_can_be_added(grown: dict, tmp_path: Path
     assert not (tmp_path / "b.h5").exists()
 
 
+def test_a_carved_cluster_is_judged_by_its_own_deviation_in_vacuum(grown: dict, tmp_path: Path) -> None:
+    """The deviation that selects a cluster carved from a box is the teachers' on the cluster as
+    the oracle sees it (in vacuum), not its central atom's in the box (boxes.py)."""
+    import torch
+    from ase import Atoms
+
+    from ekd.calculator import EKDCalculator
+    from ekd.export import export_model
+    from ekd.learn.sampling import BOX
+
+    round_dir = grown["out"] / "round_1"
+    frames, trajectories, deviation, _ = read_sampling(round_dir / "sampling.h5")
+    rows = np.flatnonzero(trajectories.start_kind[trajectories.trajectory] == BOX)
+    assert len(rows), "the box gave no clusters"
+    teachers = sorted((round_dir / "teachers").glob("teacher_*/checkpoint.pt"))
+    export_model(teachers, tmp_path / "ensemble.pt", torch.float64)
+    calculator = EKDCalculator(str(tmp_path / "ensemble.pt"), uncertainty=True)
+    for row in rows[:: max(1, len(rows) // 5)]:
+        cluster = frames.subset(np.array([row]))
+        atoms = Atoms(numbers=cluster.species, positions=cluster.positions)    # no cell: vacuum
+        atoms.calc = calculator
+        atoms.get_forces()
+        # the teachers run in float32 in the loop: 1e-4 relative
+        assert deviation[row] == pytest.approx(calculator.results["atom_uncertainty"].max(), rel=1e-4, abs=1e-5)
+
+
 def test_a_box_that_cannot_be_built_names_the_keys(grown: dict, tmp_path: Path) -> None:
     import torch
 
