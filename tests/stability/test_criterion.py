@@ -49,6 +49,21 @@ def test_a_stretched_bond_is_caught_at_the_step_it_breaks() -> None:
     assert looser is not None and looser.step == 44
 
 
+def test_a_collapsing_bond_is_caught_at_the_step_it_falls_below_its_length_over_the_factor() -> None:
+    """A hydrogen falling into its own oxygen (seen in a student's liquid water) breaks no bond
+    by stretching and moves no atom away: the bond's shortening is the failure."""
+    steps = 40
+    frames = []
+    for t in range(steps):
+        x = WATER.copy()
+        x[1, 0] = 0.96 - 0.02 * t         # O–H1 shrinks by 0.02 Å per step
+        frames.append(x)
+    failure = first_failure(np.array(frames), smooth_energies(steps), WATER_SPECIES)
+    # 0.96 / 1.6 = 0.6 Å is first undercut at t = 19 (0.58 Å); t = 18 is exactly 0.60 Å
+    assert failure is not None and failure.step == 19
+    assert "bond O0-H1 collapsed to 0.58 Å" in failure.reason
+
+
 def test_an_atom_flying_away_is_caught() -> None:
     steps = 20
     species = np.append(WATER_SPECIES, 18)   # water and an argon atom 3 Å from O, not bonded to it

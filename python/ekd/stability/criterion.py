@@ -3,7 +3,9 @@
 1. a non-finite energy or position;
 2. the potential energy changing by more than `energy_jump` eV per atom in one step;
 3. a covalent bond broken: pairs closer than `bond_factor` × the sum of their covalent radii at
-   the start are bonds; a bond longer than `stretch_factor` × its initial length has broken;
+   the start are bonds; a bond longer than `stretch_factor` × its initial length has broken,
+   and one shorter than its initial length / `stretch_factor` has collapsed (an atom fallen
+   into its neighbour, where a model has learnt no repulsion);
 4. an atom flown off: farther than `isolation` Å from every other atom.
 
 The time of the first failing step is the time to failure; a trajectory that survives is
@@ -109,6 +111,11 @@ def structure_failure(positions: np.ndarray, bonds: Bonds, species: np.ndarray, 
             a, b = int(bonds.first[worst]), int(bonds.second[worst])
             return (f"bond {_label(species, a)}-{_label(species, b)} stretched to {current[worst]:.2f} Å, "
                     f"{ratio[worst]:.2f} x its initial {bonds.length[worst]:.2f} Å")
+        shortest = int(np.argmin(ratio))
+        if ratio[shortest] < 1.0 / criterion.stretch_factor:
+            a, b = int(bonds.first[shortest]), int(bonds.second[shortest])
+            return (f"bond {_label(species, a)}-{_label(species, b)} collapsed to {current[shortest]:.2f} Å, "
+                    f"{ratio[shortest]:.2f} x its initial {bonds.length[shortest]:.2f} Å")
     if n > 1:
         distance = np.linalg.norm(_differences(positions, box), axis=-1)
         np.fill_diagonal(distance, np.inf)

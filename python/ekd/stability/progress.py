@@ -21,6 +21,9 @@ from ..fileio import atomic_write_text, file_sha256
 from .trajectories import TrajectoryResult
 
 PROGRESS_FILE = "progress.json"
+# Part of every key: a change to what the criterion checks (not only its numbers) must not reuse
+# results judged the old way. 2: collapsed bonds fail too (2026-12-02).
+CRITERION_VERSION = 2
 
 
 def digest(*parts: Any) -> str:
@@ -73,7 +76,7 @@ class Progress:
         path = str(Path(model_path).resolve())
         if path not in self._model_digests:
             self._model_digests[path] = file_sha256(Path(path))
-        return digest(self._model_digests[path], start, seed, *[plain(s) for s in settings])
+        return digest(CRITERION_VERSION, self._model_digests[path], start, seed, *[plain(s) for s in settings])
 
     def get(self, key: str, model: str) -> Optional[TrajectoryResult]:
         row = self.results.get(key)
