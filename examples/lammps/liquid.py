@@ -37,7 +37,7 @@ from ekd.md.lammps_driver import (dump_lines, neighbor_lines, pair_lines, read_d
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "python" / "ekd" / "embedded" / "chno_ccsdt.h5"
 EXPERIMENT = {"r": 2.80, "g": 2.57, "source": "X-ray, 295 K, Skinner et al. J. Chem. Phys. 138, 074506 (2013)"}
-STRETCH = 1.6          # docs/stability.md: a bond longer than this x its start has broken
+STRETCH = 1.6          # docs/stability.md: a bond longer than this x its start, or shorter than its start / this, has broken
 DUMP_PS = 0.25
 RDF_BINS = 200         # g_OO(r) bins from 0 to 6 Å
 RDF_EVERY = 20         # steps between g(r) samples; both run lengths are whole multiples of it

@@ -457,6 +457,27 @@ def test_a_carved_cluster_is_judged_by_its_own_deviation_in_vacuum(grown: dict, 
         assert deviation[row] == pytest.approx(calculator.results["atom_uncertainty"].max(), rel=1e-4, abs=1e-5)
 
 
+def test_boxes_keep_a_frame_every_box_every_steps(grown: dict, tmp_path: Path) -> None:
+    import torch
+
+    from ekd.distill.augment import Teachers
+    from ekd.learn.boxes import run_boxes
+    from ekd.models import load_model
+    from ekd.stability.criterion import FailureCriterion
+
+    config = load_config(grown["config"])
+    config.learn.box_every, config.learn.md_steps, config.learn.temperatures = 2, 20, [300.0]
+    student = grown["out"] / "round_1" / "boxes" / "student.pt"
+    model = load_model(grown["out"] / "round_1" / "student" / "checkpoint.pt")
+    teachers = Teachers([model], list(model.elements), torch.float32, "cpu")
+    boxes, deviation, _ = run_boxes(student, teachers, read_data(config.data), config.learn, 0, FailureCriterion(),
+                                    tmp_path, "student", True, {})
+    steps = boxes.step.tolist()
+    last = boxes.failed_step[0] if boxes.failed_step[0] >= 0 else config.learn.md_steps + 1
+    assert steps == [s for s in range(2, 21, 2) if s < last] and len(deviation) == len(steps)
+    assert "dump frames all custom 2 " in (tmp_path / "student_300K_0" / "in.deck").read_text()
+
+
 def test_a_box_that_cannot_be_built_names_the_keys(grown: dict, tmp_path: Path) -> None:
     import torch
 

@@ -4,10 +4,10 @@ Two reasons to pick a frame: the teachers disagree on it (its largest per-atom c
 deviation in the window (`threshold`, `threshold_max`]: the dynamics left what the teachers
 knew, but not so far that the geometry is beyond repair), or it is the last frame within the
 window's upper bound before its trajectory failed the stability criterion (the student went
-wrong soon after it). Per trajectory at most `per_trajectory` frames — the frame before the failure first, then the
-most disagreed-on frames at least 5 frames apart (`md_every` or, in boxes, `box_every` steps
-between frames; so that two picks are not near-copies); then at most `budget` over the round, frames before a failure first, then by
-deviation.
+wrong soon after it). Per trajectory at most `per_trajectory` frames — the frame before the
+failure first, then the most disagreed-on frames at least 5 frames apart (`md_every` or, in
+boxes, `box_every` steps between frames; so that two picks are not near-copies); then at most
+`budget` over the round, frames before a failure first, then by deviation.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def plain(settings: Any) -> Dict[str, Any]:
     return {k: v for k, v in table.items() if k != "seeds"}
 
 
-class Progress:
+class FinishedTrajectories:
     """The results kept so far in `out`/progress.json, read once, rewritten atomically per result."""
 
     def __init__(self, out: Path, say: Callable[[str], None] = print) -> None:

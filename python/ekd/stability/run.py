@@ -18,7 +18,7 @@ from ..errors import EkdError, ModelFileError
 from ..export import is_exported, model_names, read_metadata
 from .box import BoxSettings, build_box, run_lammps_box
 from .criterion import FailureCriterion
-from .progress import Progress, start_digest
+from .progress import FinishedTrajectories, start_digest
 from .report import summary_with_detail, write_report
 from .trajectories import MDSettings, Molecule, TrajectoryResult, run_trajectory
 
@@ -92,13 +92,13 @@ def run_stability(request: StabilityRequest, say: Callable[[str], None] = print)
     # the box is built (and refused if unusable) before any trajectory runs
     box = (build_box(request.molecules, request.box, max(c.cutoff for c in calculators.values()))
            if request.box.atoms > 0 else None)
-    progress = Progress(request.out, say)
-    results = {name: run_molecules(request, name, path, calculators[name], progress, say)
+    finished = FinishedTrajectories(request.out, say)
+    results = {name: run_molecules(request, name, path, calculators[name], finished, say)
                for name, path in zip(names, request.models)}
-    boxes = run_boxes(request, box, names, calculators, progress, say) if box is not None else {}
-    if progress.reused:
-        say(f"reused {progress.reused} trajectories finished earlier with the same models and settings "
-            f"({progress.path})")
+    boxes = run_boxes(request, box, names, calculators, finished, say) if box is not None else {}
+    if finished.reused:
+        say(f"reused {finished.reused} trajectories finished earlier with the same models and settings "
+            f"({finished.path})")
     length = request.md.length_ps
     report = {
         "source": request.source,
@@ -118,8 +118,8 @@ def run_stability(request: StabilityRequest, say: Callable[[str], None] = print)
 
 
 def run_molecules(request: StabilityRequest, name: str, path: Path, calculator: EKDCalculator,
-                  progress: Progress, say: Callable[[str], None]) -> List[TrajectoryResult]:
-    """One model's trajectories: every molecule, every seed (each kept in `progress` as it ends)."""
+                  finished: FinishedTrajectories, say: Callable[[str], None]) -> List[TrajectoryResult]:
+    """One model's trajectories: every molecule, every seed (each kept in `finished` as it ends)."""
     rows = []
     with warnings.catch_warnings():
         # The calculator warns once about close contacts; in a stability study they are expected.
@@ -128,31 +128,31 @@ def run_molecules(request: StabilityRequest, name: str, path: Path, calculator: 
             start = start_digest(molecule.species, molecule.positions)
             for seed in range(request.md.seeds):
                 # the index too: it seeds the trajectory's generator with the seed
-                key = progress.key(path, start, seed, {"molecule": index}, request.md, request.criterion)
-                row = progress.get(key, name)
+                key = finished.key(path, start, seed, {"molecule": index}, request.md, request.criterion)
+                row = finished.get(key, name)
                 if row is None:
                     row = run_trajectory(calculator, molecule, index, seed, request.md, request.criterion, name)
-                    progress.put(key, row)
+                    finished.put(key, row)
                     say(f"{name}: {molecule.name} seed {seed}: {outcome(row)}")
                 rows.append(row)
     return rows
 
 
 def run_boxes(request: StabilityRequest, box: Atoms, names: List[str], calculators: Dict[str, EKDCalculator],
-              progress: Progress, say: Callable[[str], None]) -> Dict[str, List[TrajectoryResult]]:
+              finished: FinishedTrajectories, say: Callable[[str], None]) -> Dict[str, List[TrajectoryResult]]:
     """`--lammps-box`: one LAMMPS run per model and seed on the same box."""
     out: Dict[str, List[TrajectoryResult]] = {}
     start = start_digest(box.numbers, box.positions, np.asarray(box.cell))
     for name, path in zip(names, request.models):
         rows = []
         for seed in range(request.md.seeds):
-            key = progress.key(path, start, seed, {"lammps_box": True}, request.md, request.criterion, request.box)
-            row = progress.get(key, name)
+            key = finished.key(path, start, seed, {"lammps_box": True}, request.md, request.criterion, request.box)
+            row = finished.get(key, name)
             if row is None:
                 folder = Path(request.out) / "lammps" / f"{name.replace('/', '_')}_seed{seed}"
                 row = run_lammps_box(path, list(calculators[name].elements), box, seed, request.md, request.box,
                                      request.criterion, folder, name)
-                progress.put(key, row)
+                finished.put(key, row)
                 say(f"{name}: LAMMPS {row.molecule} seed {seed}: {outcome(row)}")
             rows.append(row)
         out[name] = rows
