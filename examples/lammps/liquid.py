@@ -3,10 +3,12 @@
 energy, and where is the O–O radial distribution's first peak?
 
     python examples/lammps/liquid.py MODEL.pt [--waters 512] [--density 0.997] [--temperature 300]
-                                    [--nvt-ps 2] [--nve-ps 20] [--timestep 0.5] [--out DIR]
+                                    [--nvt-ps 2] [--nve-ps 20] [--timestep 0.5] [--minimize-steps 500]
+                                    [--out DIR]
 
 A cubic box of `--waters` water molecules (the lowest-energy water of the embedded data, randomly
-oriented on a lattice) at the experimental density runs `--nvt-ps` of Nosé–Hoover NVT at
+oriented on a lattice) at the experimental density is relaxed (at most `--minimize-steps` of
+conjugate gradients), then runs `--nvt-ps` of Nosé–Hoover NVT at
 `--temperature`, then `--nve-ps` of NVE through `pair_style ekd`. Judged afterwards from the log,
 a dump every 0.25 ps and the averaged O–O g(r):
 - molecular: every H stays nearest to its own O and every O–H bond between 1/1.6 and 1.6× its
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -32,7 +35,7 @@ import numpy as np
 from ekd.data import DataSpec, read_data
 from ekd.export import read_metadata
 from ekd.md.boxes import base_box, representative_molecules
-from ekd.md.lammps_driver import (dump_lines, neighbor_lines, pair_lines, read_dump, read_thermo, run_lammps,
+from ekd.md.lammps_driver import (Thermo, dump_lines, neighbor_lines, pair_lines, read_dump, read_thermo, run_lammps,
                                   system_lines, thermo_lines, write_data)
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "python" / "ekd" / "embedded" / "chno_ccsdt.h5"
@@ -40,6 +43,7 @@ EXPERIMENT = {"r": 2.80, "g": 2.57, "source": "X-ray, 295 K, Skinner et al. J. C
 STRETCH = 1.6          # docs/stability.md: a bond longer than this x its start, or shorter than its start / this, has broken
 DUMP_PS = 0.25
 RDF_BINS = 200         # g_OO(r) bins from 0 to 6 Å
+MINIMIZE_FORCE = 0.01  # eV/Å: largest force component at which the start's relaxation stops
 RDF_EVERY = 20         # steps between g(r) samples; both run lengths are whole multiples of it
 
 
@@ -55,8 +59,12 @@ def deck(model: Path, elements: list, args: argparse.Namespace, nvt: int, nve: i
     return "\n".join([
         system_lines(data="box.data"), pair_lines(model.resolve(), elements), neighbor_lines(),
         f"timestep {dt}",
-        f"velocity all create {args.temperature} {args.seed + 1} mom yes rot yes dist gaussian",
         thermo_lines(["step", "time", "temp", "pe", "ke", "etotal", "press"], every=max(1, nve // 400), digits=12),
+        # the lattice start is far from any minimum (the first 512-water run released 0.2 eV per
+        # atom within 50 fs, a spike to 1,500 K): relax it before the thermostat has to remove it
+        *([f"minimize 0.0 {MINIMIZE_FORCE} {args.minimize_steps} {10 * args.minimize_steps}", "reset_timestep 0"]
+          if args.minimize_steps > 0 else []),
+        f"velocity all create {args.temperature} {args.seed + 1} mom yes rot yes dist gaussian",
         dump_lines("frames", "frames.dump", dump_every, ["id", "x", "y", "z"], 10),
         f"fix nvt all nvt temp {args.temperature} {args.temperature} 0.1",
         f"run {nvt}", "unfix nvt",
@@ -93,8 +101,25 @@ def molecular(frames: dict, species: np.ndarray, cell: float) -> dict:
     return {"frames": rows, "stayed_molecular": intact}
 
 
+def after_relaxation(thermo: Thermo) -> Thermo:
+    """The MD runs' thermo rows: those from the last step 0 on (the relaxation prints its own
+    rows first, from step 0, before `reset_timestep 0`)."""
+    starts = np.flatnonzero(thermo.column("Step") == 0)
+    return Thermo(thermo.columns, thermo.rows[starts[-1]:] if len(starts) else thermo.rows[:0])
+
+
+def relaxation(log: str, n_atoms: int) -> dict:
+    """How far the start fell in energy while relaxed (meV/atom), and whether it converged."""
+    found = re.search(r"Energy initial, next-to-last, final =\s+(\S+)\s+\S+\s+(\S+)", log)
+    if found is None:
+        return {}
+    stop = re.search(r"Stopping criterion = (.+)", log)
+    return {"energy_drop_meV_per_atom": (float(found.group(1)) - float(found.group(2))) / n_atoms * 1e3,
+            "stopped": stop.group(1).strip() if stop else None}
+
+
 def energy_drift(log: str, nve_start_time: float, n_atoms: int) -> dict:
-    thermo = read_thermo(log)
+    thermo = after_relaxation(read_thermo(log))
     time, etotal = thermo.column("Time"), thermo.column("TotEng")
     nve = time >= nve_start_time - 1e-9
     if nve.sum() < 3:
@@ -131,6 +156,8 @@ def main() -> int:
     parser.add_argument("--nvt-ps", type=float, default=2.0, help="NVT equilibration, ps (default 2)")
     parser.add_argument("--nve-ps", type=float, default=20.0, help="NVE production, ps (default 20)")
     parser.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
+    parser.add_argument("--minimize-steps", type=int, default=500,
+                        help="relax the lattice start for at most this many steps before MD (default 500; 0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/liquid"), help="folder (default runs/liquid)")
     args = parser.parse_args()
@@ -152,6 +179,7 @@ def main() -> int:
     result = {"model": str(args.model), "atoms": len(box), "waters": args.waters, "density": args.density,
               "temperature": args.temperature, "timestep_fs": args.timestep, "completed": run.ok,
               "error": None if run.ok else run.error, "short_distance_warning": "closer than" in run.log,
+              "relaxation": relaxation(run.log, len(box)),
               "molecular": molecular(frames, box.numbers, float(box.cell[0, 0])),
               "energy": energy_drift(run.log, nvt * args.timestep / 1000.0, len(box)),
               "g_oo_first_peak": first_peak(args.out / "rdf.txt")}
@@ -164,6 +192,9 @@ def summarise(result: dict) -> None:
     m, e, g = result["molecular"], result["energy"], result["g_oo_first_peak"]
     last = m["frames"][-1] if m["frames"] else {}
     print(f"completed: {result['completed']}" + (f" ({result['error']})" if result["error"] else ""))
+    if result["relaxation"]:
+        print(f"relaxation of the start: {result['relaxation']['energy_drop_meV_per_atom']:.1f} meV/atom down "
+              f"(stopped: {result['relaxation']['stopped']})")
     print(f"stayed molecular: {m['stayed_molecular']} over {len(m['frames'])} frames; short-distance warning: "
           f"{result['short_distance_warning']}")
     if m["frames"]:

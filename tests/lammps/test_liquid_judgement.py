@@ -42,3 +42,26 @@ def test_collapsed_stretched_and_moved_hydrogens_are_not_molecular() -> None:
         result = molecular({0: frame(start), 10: frame(bad)}, species, 10.0)
         assert not result["stayed_molecular"] and result["frames"][1][key] >= 1, (key, result["frames"][1])
     assert molecular({0: frame(start), 10: frame(collapsed)}, species, 10.0)["frames"][1]["min_o_h_bond"] < 0.21
+
+
+def test_liquid_run_relaxes_the_start_and_judges_the_nve_rows_alone(tiny_exports: dict, tmp_path: Path) -> None:
+    """liquid.py end to end in LAMMPS with the tiny student on 8 waters: the start is relaxed
+    (the energy falls), and the NVE drift is fitted on the NVE rows only, not on the relaxation's
+    rows, which print times of their own before `reset_timestep 0`."""
+    import subprocess
+
+    out = tmp_path / "liquid"
+    completed = subprocess.run([sys.executable, str(LIQUID), str(tiny_exports["student"]), "--waters", "8",
+                                "--nvt-ps", "0.01", "--nve-ps", "0.02", "--minimize-steps", "30", "--out", str(out)],
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode in (0, 1), completed.stderr           # 1: the tiny model's box broke
+    result = __import__("json").loads((out / "liquid.json").read_text())
+    assert result["completed"], result["error"]
+    assert result["relaxation"]["energy_drop_meV_per_atom"] > 0.0
+    assert "stopped" in result["relaxation"]
+    assert abs(result["energy"]["ps"] - 0.02) < 1e-9                 # 40 NVE steps of 0.5 fs
+    from ekd.md.lammps_driver import read_thermo
+
+    md_rows = liquid_module().after_relaxation(read_thermo((out / "log.lammps").read_text()))
+    assert (md_rows.column("Temp") > 0.0).all()                     # the relaxation's rows (T = 0) are left out
+    assert md_rows.column("Step")[-1] == 60                         # 20 NVT + 40 NVE steps
