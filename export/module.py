@@ -103,7 +103,14 @@ class DeployedLayers(DeployedPotential):
               senders: torch.Tensor, species: torch.Tensor, n_local: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(features z^{t+1} of nodes [0, n_local), their layer-t energy terms in float64, reference
         energies included in layer 0); differentiable in `z` and `edge_features`."""
-        z_next, energy = self.model.layer(t, z, edge_features, receivers, senders, species, n_local)
+        return self.layer_apart(t, z, edge_features, receivers, senders, species, n_local, None)
+
+    def layer_apart(self, t: int, z: torch.Tensor, features: torch.Tensor, receivers: torch.Tensor,
+                    senders: torch.Tensor, species: torch.Tensor, n_local: int, distances: Optional[torch.Tensor]
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`layer`, given the network's edge features and the edge lengths apart (distances None:
+        as `edge_features` gives them), so the blocks below copy no edge table."""
+        z_next, energy = self.model.layer(t, z, features, receivers, senders, species, n_local, distances)
         energy = energy.to(torch.float64)
         if t == 0:
             energy = energy + self.reference[species[:n_local]]
@@ -137,8 +144,9 @@ class DeployedLayers(DeployedPotential):
             for first, last, e_first, e_last in row_blocks(receivers, species.shape[0], n_rows, block_edges):
                 nodes, block_receivers, block_senders = subgraph(receivers[e_first:e_last], senders[e_first:e_last],
                                                                  first, last, node_of)
-                z_next, energy = self.layer(t, z.detach()[nodes], self.model.edge_features(edge_vectors[e_first:e_last]),
-                                            block_receivers, block_senders, species[nodes], last - first)
+                edge_part, lengths = self.model.network_edge_features(edge_vectors[e_first:e_last])
+                z_next, energy = self.layer_apart(t, z.detach()[nodes], edge_part, block_receivers, block_senders,
+                                                  species[nodes], last - first, lengths)
                 features.append(z_next)
                 energies.append(energy)
         return torch.cat(features), torch.cat(energies)
@@ -158,8 +166,9 @@ class DeployedLayers(DeployedPotential):
                                                              first, last, node_of)
             block_vectors = edge_vectors[e_first:e_last].detach().requires_grad_(True)
             block_z = z.detach()[nodes].requires_grad_(t > 0)
-            z_next, energy = self.layer(t, block_z, self.model.edge_features(block_vectors), block_receivers,
-                                        block_senders, species[nodes], last - first)
+            edge_part, lengths = self.model.network_edge_features(block_vectors)
+            z_next, energy = self.layer_apart(t, block_z, edge_part, block_receivers, block_senders, species[nodes],
+                                              last - first, lengths)
             total = energy[: max(0, min(last, n_energy) - first)].sum()
             if z_next_grad.shape[1] > 0:
                 total = total + (z_next * z_next_grad[first:last]).sum()

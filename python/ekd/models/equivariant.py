@@ -49,7 +49,7 @@ here because e3nn's `nn.Gate` builds on a trace-only module that `torch.jit.scri
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -411,8 +411,8 @@ class EquivariantPotential(Potential):
         n_nodes = species.shape[0]
         one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vectors.dtype)
         h = self.embedding(one_hot)
-        features = self.edge_features(edge_vectors)
-        sh, basis = features[:, :self.sh_dim], features[:, self.sh_dim:]
+        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        sh, basis = self.spherical_harmonics(edge_vectors), self.basis(r)
         rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
         for t, block in enumerate(self.blocks):
             if rows[t] < n_nodes:  # only nodes [0, rows[t]) are read later: edges into them alone
@@ -424,26 +424,33 @@ class EquivariantPotential(Potential):
         energy = self.readout(h)
         if energy.shape[0] < n_nodes:
             energy = torch.cat([energy, energy.new_zeros(n_nodes - energy.shape[0], 1)])
-        return energy + self.species_energy(one_hot)
+        repulsion = self.core_repulsion(r, receivers, senders, species, n_nodes).unsqueeze(1)
+        return energy + self.species_energy(one_hot) + repulsion
 
     def edge_features(self, edge_vectors: torch.Tensor) -> torch.Tensor:
-        """(E, sh + n_basis): the edges' spherical harmonics and radial basis, side by side."""
-        sh = self.spherical_harmonics(edge_vectors)
-        basis = self.basis(torch.linalg.vector_norm(edge_vectors, dim=-1))
-        return torch.cat([sh, basis], dim=1)
+        """(E, sh + n_basis): the edges' spherical harmonics and radial basis, side by side (and
+        the edge lengths as a last column for the core repulsion, when it is on)."""
+        return self.with_distances(*self.network_edge_features(edge_vectors))
+
+    def network_edge_features(self, edge_vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The (E, sh + n_basis) features and (E,) lengths of the edges, apart."""
+        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        return torch.cat([self.spherical_harmonics(edge_vectors), self.basis(r)], dim=1), r
 
     def exchange_features(self) -> List[int]:
         """Widths of the hidden features after each block but the last (what ranks exchange)."""
         return [block.irreps_out.dim for block in self.blocks][:-1]
 
     def layer(self, t: int, z: torch.Tensor, features: torch.Tensor, receivers: torch.Tensor,
-              senders: torch.Tensor, species: torch.Tensor, n_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+              senders: torch.Tensor, species: torch.Tensor, n_rows: int,
+              distances: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Block t alone for nodes [0, n_rows) (every edge's receiver is one of them), from the
         features z of every node (t = 0: ignored, the species embedding is used): the block's
         output and the energy terms (species terms in block 0, the readout in the last)."""
         one_hot = nn.functional.one_hot(species[:n_rows], self.n_species).to(features.dtype)
         if t == 0:
             z = self.embedding(nn.functional.one_hot(species, self.n_species).to(features.dtype))
+        features, r = self.split_distances(features, distances)
         sh, basis = features[:, :self.sh_dim], features[:, self.sh_dim:]
         out = z[:n_rows]
         for k, block in enumerate(self.blocks):  # TorchScript indexes a ModuleList by constants only
@@ -453,5 +460,6 @@ class EquivariantPotential(Potential):
         if t == len(self.blocks) - 1:
             energy = energy + self.readout(out).squeeze(-1)
         if t == 0:
-            energy = energy + self.species_energy(one_hot).squeeze(-1)
+            energy = (energy + self.species_energy(one_hot).squeeze(-1)
+                      + self.core_repulsion(r, receivers, senders, species, n_rows))
         return out, energy

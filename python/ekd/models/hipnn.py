@@ -192,10 +192,11 @@ class HIPNN(Potential):
         """(N, terms) energy terms, and the last layer's features of the nodes it computes."""
         n_nodes = species.shape[0]
         z = self.initial_features(species, edge_vectors.dtype)
-        terms = [self.species_energy(z).squeeze(-1)]
+        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        terms = [self.species_energy(z).squeeze(-1) + self.core_repulsion(r, receivers, senders, species, n_nodes)]
         # only nodes [0, rows[t]) are read later (all of them but on several MPI ranks)
         rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
-        sensitivity = self.edge_features(edge_vectors)  # (E, ν)
+        sensitivity = self.sensitivity(r)  # (E, ν)
         environment = self.first_environment(sensitivity, receivers, senders, species, rows[0], n_nodes)
         position: Optional[torch.Tensor] = None
         # later layers: the neighbour layout of the nodes they compute (`neighbour_sum.py`), built
@@ -231,18 +232,27 @@ class HIPNN(Potential):
         return [self.config.n_features for _ in range(len(self.blocks) - 1)]
 
     def edge_features(self, edge_vectors: torch.Tensor) -> torch.Tensor:
-        """(E, ν) distance sensitivities of the edges: what `layer` reads of them."""
-        return self.sensitivity(torch.linalg.vector_norm(edge_vectors, dim=-1))
+        """(E, ν) distance sensitivities of the edges, what `layer` reads of them (and the edge
+        lengths as a last column for the core repulsion, when it is on)."""
+        return self.with_distances(*self.network_edge_features(edge_vectors))
+
+    def network_edge_features(self, edge_vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The (E, ν) sensitivities and (E,) lengths of the edges, apart."""
+        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        return self.sensitivity(r), r
 
     def layer(self, t: int, z: torch.Tensor, sensitivity: torch.Tensor, receivers: torch.Tensor,
-              senders: torch.Tensor, species: torch.Tensor, n_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+              senders: torch.Tensor, species: torch.Tensor, n_rows: int,
+              distances: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Hierarchy level t alone, for nodes [0, n_rows) (every edge's receiver is one of them):
         their features z^{t+1} and energy terms, from the features z^t of every node (ignored for
         t = 0, where z⁰ is one-hot species and the species term is included) and the edges'
-        `edge_features`. Chaining the levels, with z^t of other ranks' atoms exchanged in between,
+        `edge_features` (or the sensitivities of `network_edge_features` with the edge lengths as
+        `distances`). Chaining the levels, with z^t of other ranks' atoms exchanged in between,
         gives `forward`'s energies; the pair style does so on several MPI ranks instead of
         recomputing a deep ghost shell."""
         position: Optional[torch.Tensor] = None
+        sensitivity, r = self.split_distances(sensitivity, distances)
         # every receiver is one of nodes [0, n_rows): no edge needs dropping
         if t == 0:
             z = self.initial_features(species, sensitivity.dtype)
@@ -256,5 +266,6 @@ class HIPNN(Potential):
             if k == t:
                 z_next, energy = block(z, environment, position)
         if t == 0:
-            energy = energy + self.species_energy(z[:n_rows]).squeeze(-1)
+            energy = (energy + self.species_energy(z[:n_rows]).squeeze(-1)
+                      + self.core_repulsion(r, receivers, senders, species, n_rows))
         return z_next, energy

@@ -5,18 +5,21 @@ terms of shape (N, T) in the model dtype, *without* the per-element reference en
 network learns the small remainder left after the composition fit, which keeps float32
 training precise. The terms sum to the atom's network energy (HIP-NN uses T = 1 + layers for
 its hierarchical energies; other models T = 1). Reference energies (eV, float64) travel with
-the model and are added in float64 wherever full energies are needed.
+the model and are added in float64 wherever full energies are needed. A model may also carry a
+repulsive floor below its training data's shortest distances (`repulsion.py`), part of its
+first energy term.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .graph import scatter_sum
+from .repulsion import CoreRepulsion
 
 
 class Potential(nn.Module):
@@ -30,6 +33,7 @@ class Potential(nn.Module):
         self.cutoff = float(cutoff)
         self.num_interactions = int(num_interactions)
         self.reference_energies: List[float] = [0.0] * len(elements)
+        self.core_repulsion = CoreRepulsion(list(elements))  # off until given onsets (`repulsion.py`)
 
     def hyperparameters(self) -> Dict[str, Any]:  # pragma: no cover - every model overrides
         raise NotImplementedError
@@ -40,6 +44,23 @@ class Potential(nn.Module):
         a model may then skip work for the other nodes, whose later terms are 0 (`graph.rows_per_layer`).
         Those are the pair style's ghost atoms on several MPI ranks: their energies count elsewhere."""
         raise NotImplementedError
+
+    def with_distances(self, features: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """A layer-by-layer model's `edge_features` for the pair style (CONTRACT.md §2b): the
+        network's edge features, with the edge lengths as a last column when the core repulsion
+        is on (layer 0 reads them there)."""
+        return torch.cat([features, r.unsqueeze(1)], dim=1) if self.core_repulsion.enabled else features
+
+    def split_distances(self, features: torch.Tensor, distances: Optional[torch.Tensor]
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the network's edge features, the edge lengths) for `layer`: from `edge_features`
+        (distances None) or from the network's features and the lengths given apart (the
+        deployed file's blocks, which so copy no table)."""
+        if distances is not None:
+            return features, distances
+        if self.core_repulsion.enabled:
+            return features[:, :-1].contiguous(), features[:, -1]
+        return features, features.new_zeros(0)
 
     def reference_tensor(self, device: torch.device) -> torch.Tensor:
         return torch.tensor(self.reference_energies, dtype=torch.float64, device=device)

@@ -1,7 +1,8 @@
 """Build models by name from plain dictionaries, and rebuild them from a saved spec.
 
 A model *spec* is everything needed to recreate a model without its weights:
-`{"kind", "elements", "hyperparameters", "reference_energies"}`. Checkpoints store the spec
+`{"kind", "elements", "hyperparameters", "reference_energies"}`, and `"core_repulsion"` (the
+onsets of `repulsion.py`, Å per pair of elements) when the model has that floor. Checkpoints store the spec
 next to the state dict, so a checkpoint is readable without the config that made it.
 """
 
@@ -75,8 +76,11 @@ def model_spec(model: Potential) -> Dict[str, Any]:
     if isinstance(model, Ensemble):
         return {"kind": "ensemble", "elements": model.elements,
                 "members": [model_spec(m) for m in model.members]}
-    return {"kind": model.kind, "elements": list(model.elements), "hyperparameters": model.hyperparameters(),
+    spec = {"kind": model.kind, "elements": list(model.elements), "hyperparameters": model.hyperparameters(),
             "reference_energies": list(model.reference_energies)}
+    if model.core_repulsion.enabled:
+        spec["core_repulsion"] = model.core_repulsion.onsets()
+    return spec
 
 
 def model_from_spec(spec: Dict[str, Any]) -> Potential:
@@ -85,6 +89,11 @@ def model_from_spec(spec: Dict[str, Any]) -> Potential:
         return Ensemble([model_from_spec(m) for m in spec["members"]])
     model = build_model(spec["kind"], spec["elements"], spec["hyperparameters"])
     model.reference_energies = [float(v) for v in spec["reference_energies"]]
+    if "core_repulsion" in spec:
+        try:
+            model.core_repulsion.set_onsets(spec["core_repulsion"])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"model spec core_repulsion: {err}") from None
     return model
 
 

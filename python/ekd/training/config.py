@@ -30,6 +30,9 @@ class TrainConfig:
                         loss that picks the best epoch, so energies and forces are learned as without it.
     hierarchicality:    weight of HIP-NN's hierarchicality regulariser.
     eval_batch_size:    conformations per batch when evaluating.
+    core_repulsion:     give the model a repulsive floor below the training data's shortest distance
+                        of each pair of elements (`ekd.models.repulsion`); zero on every training
+                        conformation, so it changes nothing the model learns, only where it extrapolates.
     """
 
     max_epochs: int = 500
@@ -48,6 +51,7 @@ class TrainConfig:
     uncertainty_weight: float = 0.0
     hierarchicality: float = 0.01
     eval_batch_size: int = 512
+    core_repulsion: bool = True
 
     def check(self, where: str) -> None:
         if self.max_epochs < 1:

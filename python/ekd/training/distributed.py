@@ -39,6 +39,7 @@ import traceback
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -47,7 +48,8 @@ from ..errors import EkdError
 from ..models import predict
 from ..models.potential import WithUncertainty, has_uncertainty
 from .losses import SPREAD_FLOOR, entry_weights, hierarchicality, row_weights, total_loss
-from .loop import Trainer, shortest_distance
+from .floor import shortest_pair_distances
+from .loop import Trainer
 
 TERM_NAMES = ("energy", "forces", "atom_energy", "uncertainty")
 N_STATISTICS = 3 * len(TERM_NAMES) + 2   # (Σd², Σ|d|, n) per term; (Σ hierarchicality, conformations)
@@ -110,10 +112,11 @@ class Context:
         """A barrier that fails on every rank if `error` is given on any."""
         self.exchange(None, error)
 
-    def minimum(self, value: float) -> float:
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+    def minimum(self, value: np.ndarray) -> np.ndarray:
+        """The elementwise minimum of every rank's `value`."""
+        tensor = torch.as_tensor(np.asarray(value, dtype=np.float64), device=self.device).clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-        return float(tensor.item())
+        return tensor.cpu().numpy()
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
@@ -322,11 +325,11 @@ class DistributedTrainer(Trainer):
             self.ddp = ddp(module, device_ids=device_ids, find_unused_parameters=head and not self.needs_uncertainty,
                            **no_buffer_sync)
 
-    def _shortest_distance(self) -> float:
+    def _shortest_pair_distances(self) -> np.ndarray:
         ids = self.context.part(torch.as_tensor(self.train_ids, dtype=torch.long), self.holding)
-        value, error = math.inf, None
+        value, error = np.full((self.model.n_species, self.model.n_species), np.inf), None
         try:
-            value = shortest_distance(self.graph, ids)
+            value = shortest_pair_distances(self.graph, ids, self.model.n_species)
         except Exception as err:
             error = err
         self.context.agree(error)

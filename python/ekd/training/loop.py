@@ -21,11 +21,12 @@ import torch
 
 from ..data import GraphData
 from ..errors import EkdError
-from ..models import Potential, edge_vectors, model_spec, predict
+from ..models import Potential, model_spec, predict
 from ..models.graph import scatter_sum
 from ..fileio import atomic_torch_save, atomic_write_text
 from ..models.io import CHECKPOINT_FORMAT, CHECKPOINT_NAME, CHECKPOINT_VERSION, METRICS_NAME, read_checkpoint
 from .config import TrainConfig
+from .floor import repulsion_onsets, shortest_pair_distances
 from .losses import loss_terms, total_loss
 from .progress import Progress
 
@@ -43,18 +44,6 @@ class TrainResult:
     train_seconds: float
     conformations_per_second: float
     history: List[Dict[str, Any]] = field(default_factory=list)
-
-
-def shortest_distance(graph: GraphData, ids: np.ndarray) -> float:
-    """Shortest interatomic distance (Å) among the pairs of conformations `ids`: the edge of the
-    training data, recorded so deployed models can warn about closer contacts."""
-    shortest = math.inf
-    for start in range(0, len(ids), 4096):
-        batch = graph.batch(ids[start:start + 4096])
-        if batch.receivers.numel():
-            vectors = edge_vectors(batch.positions, batch.receivers, batch.senders, batch.shifts)
-            shortest = min(shortest, float(torch.linalg.vector_norm(vectors, dim=-1).min()))
-    return shortest
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
@@ -95,7 +84,12 @@ class Trainer:
         self.history: List[Dict[str, Any]] = []
         self.stop_reason = ""
         self.after_epoch: Optional[Callable[[], None]] = None
-        self.min_distance = self._shortest_distance()
+        # the edge of the training data: deployed models warn closer than the shortest distance,
+        # and the core repulsion (on by default) starts below each pair's shortest (`floor.py`)
+        shortest = self._shortest_pair_distances()
+        self.min_distance = float(shortest.min())
+        if config.core_repulsion:
+            model.core_repulsion.set_onsets(repulsion_onsets(shortest, model.elements))
 
     # ---- state ---------------------------------------------------------------------------
     @property
@@ -116,8 +110,8 @@ class Trainer:
             "finished": bool(self.stop_reason), "stop_reason": self.stop_reason,
         }
 
-    def _shortest_distance(self) -> float:
-        return shortest_distance(self.graph, self.train_ids)
+    def _shortest_pair_distances(self) -> np.ndarray:
+        return shortest_pair_distances(self.graph, self.train_ids, self.model.n_species)
 
     def _saved_state(self) -> Optional[Dict[str, Any]]:
         """The checkpoint to resume from, if there is one."""
