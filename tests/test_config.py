@@ -35,6 +35,7 @@ from ekd.errors import ConfigError
     ("[data]\npath = 'embedded'\n[learn]\ntemperatures = []\n", "temperatures must be positive kelvin"),
     ("[data]\npath = 'embedded'\n[learn]\nmd_every = 5000\n", "md_every must be in 1..md_steps"),
     ("[data]\npath = 'embedded'\n[learn]\nbox_every = -4\n", "box_every must be in 0..md_steps"),
+    ("[data]\npath = 'embedded'\n[learn]\nbox_relax_steps = -1\n", "box_relax_steps must be >= 0"),
     ("[data]\npath = 'embedded'\n[learn]\nbudget = 0\n", "per_trajectory, budget and jobs must be at least 1"),
     ("[data]\npath = 'embedded'\n[learn]\nbox_density = 0.0\n", "box_density must be positive"),
     ("[data]\npath = 'embedded'\n[learn]\noracle = 'dft'\n", "oracle 'dft' is not known"),

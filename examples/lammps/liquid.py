@@ -35,8 +35,8 @@ import numpy as np
 from ekd.data import DataSpec, read_data
 from ekd.export import read_metadata
 from ekd.md.boxes import base_box, representative_molecules
-from ekd.md.lammps_driver import (Thermo, dump_lines, neighbor_lines, pair_lines, read_dump, read_thermo, run_lammps,
-                                  system_lines, thermo_lines, write_data)
+from ekd.md.lammps_driver import (dump_lines, last_run, neighbor_lines, pair_lines, read_dump, read_thermo,
+                                  relaxation_lines, run_lammps, system_lines, thermo_lines, write_data)
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "python" / "ekd" / "embedded" / "chno_ccsdt.h5"
 EXPERIMENT = {"r": 2.80, "g": 2.57, "source": "X-ray, 295 K, Skinner et al. J. Chem. Phys. 138, 074506 (2013)"}
@@ -62,8 +62,7 @@ def deck(model: Path, elements: list, args: argparse.Namespace, nvt: int, nve: i
         thermo_lines(["step", "time", "temp", "pe", "ke", "etotal", "press"], every=max(1, nve // 400), digits=12),
         # the lattice start is far from any minimum (the first 512-water run released 0.2 eV per
         # atom within 50 fs, a spike to 1,500 K): relax it before the thermostat has to remove it
-        *([f"minimize 0.0 {MINIMIZE_FORCE} {args.minimize_steps} {10 * args.minimize_steps}", "reset_timestep 0"]
-          if args.minimize_steps > 0 else []),
+        relaxation_lines(args.minimize_steps, MINIMIZE_FORCE),
         f"velocity all create {args.temperature} {args.seed + 1} mom yes rot yes dist gaussian",
         dump_lines("frames", "frames.dump", dump_every, ["id", "x", "y", "z"], 10),
         f"fix nvt all nvt temp {args.temperature} {args.temperature} 0.1",
@@ -101,13 +100,6 @@ def molecular(frames: dict, species: np.ndarray, cell: float) -> dict:
     return {"frames": rows, "stayed_molecular": intact}
 
 
-def after_relaxation(thermo: Thermo) -> Thermo:
-    """The MD runs' thermo rows: those from the last step 0 on (the relaxation prints its own
-    rows first, from step 0, before `reset_timestep 0`)."""
-    starts = np.flatnonzero(thermo.column("Step") == 0)
-    return Thermo(thermo.columns, thermo.rows[starts[-1]:] if len(starts) else thermo.rows[:0])
-
-
 def relaxation(log: str, n_atoms: int) -> dict:
     """How far the start fell in energy while relaxed (meV/atom), and whether it converged."""
     found = re.search(r"Energy initial, next-to-last, final =\s+(\S+)\s+\S+\s+(\S+)", log)
@@ -119,7 +111,7 @@ def relaxation(log: str, n_atoms: int) -> dict:
 
 
 def energy_drift(log: str, nve_start_time: float, n_atoms: int) -> dict:
-    thermo = after_relaxation(read_thermo(log))
+    thermo = last_run(read_thermo(log))
     time, etotal = thermo.column("Time"), thermo.column("TotEng")
     nve = time >= nve_start_time - 1e-9
     if nve.sum() < 3:

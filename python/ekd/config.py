@@ -199,7 +199,8 @@ class LearnSettings:
     `md_steps` steps of `md_timestep` fs, friction `md_friction` (1/fs), a frame every `md_every`
     steps; and `box_starts` LAMMPS runs (pair_style ekd) per temperature of a periodic box of about
     `box_atoms` atoms of the molecules of `box_molecules` ([] = all groups) at `box_density` g/cm³,
-    dumped every `box_every` steps (0: `md_every`), where each dumped frame gives a cluster carved
+    relaxed first for at most `box_relax_steps` conjugate-gradient steps (0: none), dumped every
+    `box_every` steps (0: `md_every`), where each dumped frame gives a cluster carved
     around its most disagreed-on atom (its molecule and the closest whole molecules within
     `carve_radius` Å, `carve_molecules` in all).
     Selection: frames whose largest per-atom committee force deviation (the teachers', eV/Å) lies
@@ -228,6 +229,7 @@ class LearnSettings:
     carve_radius: float = 3.5
     carve_molecules: int = 3
     box_every: int = 0
+    box_relax_steps: int = 200
     md_steps: int = 2000
     md_timestep: float = 0.5
     md_friction: float = 0.01
@@ -266,6 +268,8 @@ class LearnSettings:
             raise ConfigError(f"[learn] temperatures must be positive kelvin, got {self.temperatures}")
         if not 1 <= self.md_every <= self.md_steps:
             raise ConfigError(f"[learn] md_every must be in 1..md_steps ({self.md_steps}), got {self.md_every}")
+        if self.box_relax_steps < 0:
+            raise ConfigError(f"[learn] box_relax_steps must be >= 0 (0: no relaxation), got {self.box_relax_steps}")
         if not 0 <= self.box_every <= self.md_steps:
             raise ConfigError(f"[learn] box_every must be in 0..md_steps ({self.md_steps}; 0: md_every), "
                               f"got {self.box_every}")

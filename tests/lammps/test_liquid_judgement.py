@@ -60,8 +60,8 @@ def test_liquid_run_relaxes_the_start_and_judges_the_nve_rows_alone(tiny_exports
     assert result["relaxation"]["energy_drop_meV_per_atom"] > 0.0
     assert "stopped" in result["relaxation"]
     assert abs(result["energy"]["ps"] - 0.02) < 1e-9                 # 40 NVE steps of 0.5 fs
-    from ekd.md.lammps_driver import read_thermo
+    from ekd.md.lammps_driver import last_run, read_thermo
 
-    md_rows = liquid_module().after_relaxation(read_thermo((out / "log.lammps").read_text()))
+    md_rows = last_run(read_thermo((out / "log.lammps").read_text()))
     assert (md_rows.column("Temp") > 0.0).all()                     # the relaxation's rows (T = 0) are left out
     assert md_rows.column("Step")[-1] == 60                         # 20 NVT + 40 NVE steps

@@ -129,6 +129,15 @@ def owners(frame: np.ndarray, length: float) -> np.ndarray:
     return (wrapped >= length / 2).astype(int)
 
 
+def inside(frame: np.ndarray, length: float) -> np.ndarray:
+    """Atoms whose wrapped position (xu − image × L) lies in the box. LAMMPS remaps an atom that
+    crossed a boundary only at the next neighbour-list build, and a restarted run builds its
+    lists at other steps than the uninterrupted one: an atom outside the box in one of them may
+    carry an image flag one off, for the same unwrapped position."""
+    wrapped = frame[:, 1:4] - frame[:, IMAGES] * length
+    return ((wrapped >= 0.0) & (wrapped < length)).all(axis=1)
+
+
 def rebuilds(log: str) -> int:
     """Neighbour list builds of the last run in a log (LAMMPS's own count)."""
     return int(log.rsplit("Neighbor list builds =", 1)[1].split()[0])
@@ -154,7 +163,8 @@ def test_restart_continues_the_uninterrupted_trajectory(tmp_path: Path, student:
     assert np.abs(got[:, 1:4] - half[:, 1:4]).max() > 0.5, "atoms must move well beyond the tolerance after the restart"
     assert changed_rank > 0, "atoms must change ranks after the restart"
     assert rebuilds(second_log) > 1, "neighbour lists must be rebuilt after the restart"
-    assert np.array_equal(got[:, IMAGES], want[:, IMAGES])
+    both = inside(got, box.cell[0, 0]) & inside(want, box.cell[0, 0])    # the unwrapped positions are compared below
+    assert both.sum() >= len(box) - 2 and np.array_equal(got[both][:, IMAGES], want[both][:, IMAGES])
     for name, value in measured.items():
         assert value <= TOL, f"{name} after the restart differ from the uninterrupted run by {value:.2e} (relative)"
     assert abs(energy[1] - energy[0]) <= TOL * abs(energy[0])

@@ -458,6 +458,9 @@ def test_a_carved_cluster_is_judged_by_its_own_deviation_in_vacuum(grown: dict, 
 
 
 def test_boxes_keep_a_frame_every_box_every_steps(grown: dict, tmp_path: Path) -> None:
+    """... of the MD after the box's relaxation (box_relax_steps), which lowers its energy."""
+    import re
+
     import torch
 
     from ekd.distill.augment import Teachers
@@ -467,6 +470,7 @@ def test_boxes_keep_a_frame_every_box_every_steps(grown: dict, tmp_path: Path) -
 
     config = load_config(grown["config"])
     config.learn.box_every, config.learn.md_steps, config.learn.temperatures = 2, 20, [300.0]
+    config.learn.box_relax_steps = 15
     student = grown["out"] / "round_1" / "boxes" / "student.pt"
     model = load_model(grown["out"] / "round_1" / "student" / "checkpoint.pt")
     teachers = Teachers([model], list(model.elements), torch.float32, "cpu")
@@ -475,7 +479,11 @@ def test_boxes_keep_a_frame_every_box_every_steps(grown: dict, tmp_path: Path) -
     steps = boxes.step.tolist()
     last = boxes.failed_step[0] if boxes.failed_step[0] >= 0 else config.learn.md_steps + 1
     assert steps == [s for s in range(2, 21, 2) if s < last] and len(deviation) == len(steps)
-    assert "dump frames all custom 2 " in (tmp_path / "student_300K_0" / "in.deck").read_text()
+    deck = (tmp_path / "student_300K_0" / "in.deck").read_text()
+    assert "dump frames all custom 2 " in deck and "minimize 0.0 0.01 15 150" in deck
+    initial, final = re.search(r"Energy initial, next-to-last, final =\s+(\S+)\s+\S+\s+(\S+)",
+                               (tmp_path / "student_300K_0" / "log.lammps").read_text()).groups()
+    assert float(final) < float(initial)
 
 
 def test_a_box_that_cannot_be_built_names_the_keys(grown: dict, tmp_path: Path) -> None:

@@ -74,6 +74,7 @@ def test_stability_of_a_periodic_box_in_lammps(tiny_exports: dict, tmp_path: Pat
     assert row["molecule"].startswith("box of ") and 0.0 <= row["time_ps"] <= 0.005
     assert row["survived"] == (row["reason"] == "")
     assert (out / "lammps" / "student_seed0" / "frames.dump").exists()
+    assert "minimize 0.0 0.01 200 2000" in (out / "lammps" / "student_seed0" / "in.deck").read_text()
     assert "Periodic box in LAMMPS" in (out / "stability.md").read_text()
 
 

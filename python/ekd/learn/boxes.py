@@ -121,7 +121,8 @@ def run_boxes(model: Path, teachers: Teachers, data: AtomsData, settings: LearnS
             md = MDSettings(float(temperature), settings.md_steps, settings.md_timestep, settings.md_friction, 1)
             run_folder = folder / f"{what}_{temperature:g}K_{k}"
             result = run_lammps_box(model, elements, box, seed * 1000 + t_index * 100 + k, md,
-                                    BoxSettings(settings.box_atoms, settings.box_density, settings.box_frame_every),
+                                    BoxSettings(settings.box_atoms, settings.box_density, settings.box_frame_every,
+                                                relax_steps=settings.box_relax_steps),
                                     criterion, run_folder, what)
             failed.append(-1 if result.survived else result.steps)
             reasons.append(result.reason)

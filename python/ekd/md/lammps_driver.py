@@ -97,6 +97,17 @@ def thermo_lines(columns: Sequence[str] = (), every: int = 0, digits: int = 0, m
     return "\n".join(lines)
 
 
+def relaxation_lines(steps: int, force_tolerance: float) -> str:
+    """Conjugate-gradient relaxation for at most `steps` steps (or until no force component
+    exceeds `force_tolerance` eV/Å), then the step counter back at 0; nothing for 0 steps. A
+    lattice start is far from a minimum, and MD from it releases that energy as heat at once.
+    Put it after the thermo settings and before velocities, fixes and dumps; `last_run` gives the
+    MD's thermo rows apart from the relaxation's."""
+    if steps <= 0:
+        return ""
+    return f"minimize 0.0 {force_tolerance} {steps} {10 * steps}\nreset_timestep 0"
+
+
 def dump_lines(name: str, file: str, every: int, columns: Sequence[str], digits: int) -> str:
     """A `custom` dump of every atom, sorted by atom id, floats to `digits` significant digits."""
     return (f"dump {name} all custom {every} {file} {' '.join(columns)}\n"
@@ -330,6 +341,13 @@ def read_thermo(log: str) -> Thermo:
             else:
                 inside = False
     return Thermo(columns, np.array(rows, dtype=np.float64).reshape(len(rows), len(columns)))
+
+
+def last_run(thermo: Thermo) -> Thermo:
+    """The thermo rows from the last step 0 on: the MD after a `relaxation_lines` relaxation,
+    whose rows, printed first, restart from step 0 too."""
+    starts = np.flatnonzero(thermo.column("Step") == 0)
+    return Thermo(thermo.columns, thermo.rows[starts[-1]:] if len(starts) else thermo.rows)
 
 
 def _numbers(words: List[str]) -> Optional[List[float]]:

@@ -22,7 +22,7 @@ import torch
 from ..data import DataSpec, read_data
 from ..data.readers import FORMATS
 from ..errors import EkdError
-from .box import BoxSettings
+from .box import RELAX_STEPS, BoxSettings
 from .criterion import FailureCriterion
 from .report import markdown
 from .run import StabilityRequest, pick_molecules, run_stability
@@ -58,6 +58,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also run a periodic box of about N atoms of the molecules in LAMMPS (pair_style ekd), "
                              "one run per seed (default 0: no box)")
     parser.add_argument("--density", type=float, default=0.9, help="mass density of the LAMMPS box, g/cm³ (default 0.9)")
+    parser.add_argument("--box-relax-steps", type=int, default=RELAX_STEPS, metavar="N",
+                        help=f"relax the box's lattice start for at most N conjugate-gradient steps before its MD "
+                             f"(default {RELAX_STEPS}; 0: none)")
     parser.add_argument("--out", type=Path, default=Path("stability"), help="output folder (default stability/)")
     # One thread: a molecule of a few atoms gives threads nothing to share, and on a busy machine
     # their synchronisation made a 9-atom step 10-40x slower (5 ms → 50-350 ms, measured).
@@ -78,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             md=MDSettings(args.temperature, args.steps, args.timestep, args.friction, args.seeds),
             criterion=FailureCriterion(stretch_factor=args.stretch_factor, isolation=args.isolation,
                                        energy_jump=args.energy_jump),
-            source=str(args.molecules), box=BoxSettings(atoms=args.lammps_box, density=args.density))
+            source=str(args.molecules),
+            box=BoxSettings(atoms=args.lammps_box, density=args.density, relax_steps=args.box_relax_steps))
         report = run_stability(request)
     except EkdError as err:
         print(f"error: {err}", file=sys.stderr)
