@@ -111,6 +111,16 @@ def test_every_evaluation_path_agrees(kind: str, dtype: torch.dtype) -> None:
         assert float((got - want).abs().max()) <= TOLERANCE[dtype] * scale, name
 
 
+def test_skipping_leaves_the_term_out_until_the_block_ends() -> None:
+    """What training does around its steps (the term is zero on training conformations anyway)."""
+    model = models()["hipnn"]
+    plain = energy(deploy(model), *water(0.5))
+    model.core_repulsion.set_onsets(ONSETS)
+    with model.core_repulsion.skipping():
+        assert energy(deploy(model), *water(0.5)) == plain
+    assert energy(deploy(model), *water(0.5)) == pytest.approx(plain + zbl(8, 1, 0.5), rel=1e-12)
+
+
 def test_the_spec_carries_the_onsets_and_older_specs_have_none() -> None:
     model = models()["hipnn"]
     assert "core_repulsion" not in model_spec(model)

@@ -210,7 +210,8 @@ class Trainer:
             if self.stop_reason:
                 break
             start = time.perf_counter()
-            train = self._train_epoch()
+            with self.model.core_repulsion.skipping():  # exactly zero on every training conformation
+                train = self._train_epoch()
             seconds = time.perf_counter() - start
             val = self.validation_loss()
             self.scheduler.step(val["loss"])
