@@ -134,13 +134,13 @@ def test_the_spec_carries_the_onsets_and_older_specs_have_none() -> None:
 
 
 def test_training_sets_the_onsets_to_the_data_shortest_distances(tiny_run: Path) -> None:
-    """The tiny run's student: onsets = the shortest distance of each element pair among its
+    """The tiny run's student: onsets = 0.85 × the shortest distance of each element pair among its
     training conformations (none shorter there, so the repulsion is zero on all of them)."""
     import json
 
     from ekd.config import load_config
     from ekd.data import GraphData, read_data
-    from ekd.training.floor import shortest_pair_distances
+    from ekd.training.floor import ONSET_FRACTION, shortest_pair_distances
 
     model = load_model(tiny_run / "student/checkpoint.pt")
     assert model.core_repulsion.enabled
@@ -150,4 +150,4 @@ def test_training_sets_the_onsets_to_the_data_shortest_distances(tiny_run: Path)
     shortest = shortest_pair_distances(graph, np.asarray(split["train"]), model.n_species)
     onsets = np.array(model.core_repulsion.onsets())
     seen = np.isfinite(shortest)
-    assert seen.any() and np.array_equal(onsets[seen], shortest[seen])
+    assert seen.any() and np.array_equal(onsets[seen], ONSET_FRACTION * shortest[seen])
