@@ -43,7 +43,6 @@ EXPERIMENT = {"r": 2.80, "g": 2.57, "source": "X-ray, 295 K, Skinner et al. J. C
 STRETCH = 1.6          # docs/stability.md: a bond longer than this x its start, or shorter than its start / this, has broken
 DUMP_PS = 0.25
 RDF_BINS = 200         # g_OO(r) bins from 0 to 6 Å
-MINIMIZE_FORCE = 0.01  # eV/Å: largest force component at which the start's relaxation stops
 RDF_EVERY = 20         # steps between g(r) samples; both run lengths are whole multiples of it
 
 
@@ -62,7 +61,7 @@ def deck(model: Path, elements: list, args: argparse.Namespace, nvt: int, nve: i
         thermo_lines(["step", "time", "temp", "pe", "ke", "etotal", "press"], every=max(1, nve // 400), digits=12),
         # the lattice start is far from any minimum (the first 512-water run released 0.2 eV per
         # atom within 50 fs, a spike to 1,500 K): relax it before the thermostat has to remove it
-        relaxation_lines(args.minimize_steps, MINIMIZE_FORCE),
+        relaxation_lines(args.minimize_steps),
         f"velocity all create {args.temperature} {args.seed + 1} mom yes rot yes dist gaussian",
         dump_lines("frames", "frames.dump", dump_every, ["id", "x", "y", "z"], 10),
         f"fix nvt all nvt temp {args.temperature} {args.temperature} 0.1",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ekd.errors import ConfigError
 from ekd.export import deploy, graph_of
 from ekd.export.module import chain_layers
 from ekd.models import HIPNN, HIPNNConfig, model_from_spec, model_spec
@@ -131,6 +132,9 @@ def test_the_spec_carries_the_onsets_and_older_specs_have_none() -> None:
         model.core_repulsion.set_onsets([[1.2, 0.9], [0.8, 2.0]])
     with pytest.raises(ValueError, match="2 x 2"):
         model.core_repulsion.set_onsets([[1.0]])
+    damaged = {**model_spec(model), "core_repulsion": [[1.2, -0.9], [-0.9, 2.0]]}
+    with pytest.raises(ConfigError, match="model spec core_repulsion: .*non-negative"):
+        model_from_spec(damaged)
 
 
 def test_training_sets_the_onsets_to_the_data_shortest_distances(tiny_run: Path) -> None:

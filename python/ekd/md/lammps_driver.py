@@ -97,7 +97,10 @@ def thermo_lines(columns: Sequence[str] = (), every: int = 0, digits: int = 0, m
     return "\n".join(lines)
 
 
-def relaxation_lines(steps: int, force_tolerance: float) -> str:
+RELAX_FORCE = 0.01  # eV/Å: a relaxation stops once no force component is larger
+
+
+def relaxation_lines(steps: int, force_tolerance: float = RELAX_FORCE) -> str:
     """Conjugate-gradient relaxation for at most `steps` steps (or until no force component
     exceeds `force_tolerance` eV/Å), then the step counter back at 0; nothing for 0 steps. A
     lattice start is far from a minimum, and MD from it releases that energy as heat at once.

@@ -1,5 +1,5 @@
 """A repulsive floor where the training data end: ZBL screened nuclear repulsion, switched on
-below the shortest distance the training data hold for each pair of elements.
+below an onset distance for each pair of elements, set under the training data's shortest.
 
 A network trained on molecules near equilibrium knows nothing of closer contacts: in MD it
 can let a hydrogen fall into its own oxygen (0.05 Å; docs/results.md, "Towards liquid water").
@@ -9,9 +9,10 @@ Every pair (i, j) closer than its onset r_on(Z_i, Z_j) adds
 
 the universal screened Coulomb repulsion of Ziegler, Biersack and Littmark (1985), with the
 switch S = 1 below 0.7 r_on falling smoothly (zero slope and curvature at both ends) to 0 at
-r_on. The onsets are the training data's shortest distances, so on every training
-conformation the term is exactly zero and the network learns what it learns without it; the
-term only acts where the model would otherwise extrapolate. Half of a pair's energy goes to each
+r_on. Training puts the onsets below the training data's shortest distances
+(`ekd.training.floor`), so on every training conformation the term is exactly zero and the
+network learns what it learns without it; the term only acts where the model would otherwise
+extrapolate. Half of a pair's energy goes to each
 atom (each pair is two directed edges), so per-atom energies and several MPI ranks need nothing
 extra. The onsets travel with the model spec (`core_repulsion`), not in its weights.
 """
@@ -41,7 +42,6 @@ class CoreRepulsion(nn.Module):
         # not in the state dict: the onsets are part of the model spec, the weights stay as they were
         self.register_buffer("charges", torch.tensor([float(z) for z in elements], dtype=torch.float64),
                              persistent=False)
-        self.register_buffer("onset", torch.zeros(n, n, dtype=torch.float64), persistent=False)
         # per pair of species (flattened): onset, ½ k_e Z_i Z_j, 1 / a; per ZBL term: decay, coefficient
         self.register_buffer("pair_table", torch.zeros(n * n, 3, dtype=torch.float64), persistent=False)
         self.register_buffer("zbl", torch.tensor([ZBL_DECAYS, ZBL_COEFFICIENTS], dtype=torch.float64),
@@ -66,7 +66,6 @@ class CoreRepulsion(nn.Module):
         z = self.charges.to(torch.float64)
         screening = SCREENING_LENGTH / (z[:, None] ** SCREENING_EXPONENT + z[None, :] ** SCREENING_EXPONENT)
         pairs = torch.stack([table, 0.5 * COULOMB * z[:, None] * z[None, :], 1.0 / screening], dim=-1)
-        self.onset = table.to(self.onset.device, self.onset.dtype)
         self.pair_table = pairs.reshape(n * n, 3).to(self.pair_table.device, self.pair_table.dtype)
         self.reach = float(table.max())
         self.enabled = self.reach > 0.0
@@ -74,7 +73,7 @@ class CoreRepulsion(nn.Module):
     @contextmanager
     def skipping(self) -> Iterator[None]:
         """Leave the term out while the caller evaluates conformations it is exactly zero on (the
-        training conformations, whose shortest distances are the onsets): training steps then
+        training conformations, which have no pair below its onset): training steps then
         cost what they cost without it (measured: 11-14 % of the demo student's step)."""
         before, self.skipped = self.skipped, True
         try:
@@ -83,7 +82,7 @@ class CoreRepulsion(nn.Module):
             self.skipped = before
 
     def onsets(self) -> List[List[float]]:
-        return [[float(v) for v in row] for row in self.onset.tolist()]
+        return self.pair_table[:, 0].reshape(self.n_species, self.n_species).tolist()
 
     def forward(self, r: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor, species: torch.Tensor,
                 n_nodes: int) -> torch.Tensor:

@@ -24,7 +24,6 @@ DUMP_EVERY = 10            # steps between dumped frames (energies are checked a
 # and its hydrogens fell into their oxygens; relaxed, the same model kept it molecular
 # (docs/results.md, "Towards liquid water").
 RELAX_STEPS = 200
-RELAX_FORCE = 0.01         # eV/Å: the relaxation stops once no force component is larger
 
 
 @dataclass
@@ -68,7 +67,7 @@ def lammps_deck(model: Path, elements: List[str], md: MDSettings, seed: int, dum
     return "\n".join([
         system_lines(atom_modify="map array"), pair_lines(model, elements), neighbor_lines(),
         thermo_lines(["step", "pe"], every=1, digits=12, modify="lost error"),
-        relaxation_lines(relax_steps, RELAX_FORCE),
+        relaxation_lines(relax_steps),
         f"velocity all create {md.temperature} {lammps_seed} mom yes rot yes dist gaussian",
         f"fix thermostat all langevin {md.temperature} {md.temperature} {damping_ps} {lammps_seed}",
         "fix integrate all nve", f"timestep {md.timestep / 1000.0}",

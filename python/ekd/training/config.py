@@ -30,8 +30,8 @@ class TrainConfig:
                         loss that picks the best epoch, so energies and forces are learned as without it.
     hierarchicality:    weight of HIP-NN's hierarchicality regulariser.
     eval_batch_size:    conformations per batch when evaluating.
-    core_repulsion:     give the model a repulsive floor below the training data's shortest distance
-                        of each pair of elements (`ekd.models.repulsion`); zero on every training
+    core_repulsion:     give the model a repulsive floor below 0.85 × the training data's shortest
+                        distance of each pair of elements (`ekd.training.floor`); zero on every training
                         conformation, so it changes nothing the model learns, only where it extrapolates.
     """
 

@@ -34,8 +34,8 @@ def shortest_pair_distances(graph: GraphData, ids: np.ndarray, n_species: int) -
         if not batch.receivers.numel():
             continue
         r = torch.linalg.vector_norm(edge_vectors(batch.positions, batch.receivers, batch.senders, batch.shifts),
-                                     dim=-1).to(torch.float64)
-        pair = batch.species[batch.receivers] * n_species + batch.species[batch.senders]
+                                     dim=-1).to(torch.float64).cpu()
+        pair = (batch.species[batch.receivers] * n_species + batch.species[batch.senders]).cpu()
         shortest = shortest.scatter_reduce(0, pair, r, reduce="amin")
     table = shortest.view(n_species, n_species)
     return torch.minimum(table, table.T).numpy()
