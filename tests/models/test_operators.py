@@ -96,15 +96,20 @@ def test_neighbour_sums_by_hand_and_by_finite_differences(features: int, sensiti
         assert torch.autograd.gradgradcheck(call, inputs)
 
 
+def sensitivity_inputs(n_edges: int, n_sensitivities: int, g: torch.Generator):
+    """Distances 0.8-5.8 Å (both sides of a 5 Å cutoff) and coefficients of Gaussians in 1/r,
+    both requiring gradients (float64)."""
+    r = (torch.rand(n_edges, dtype=torch.float64, generator=g) * 5.0 + 0.8).requires_grad_(True)
+    coefficients = torch.randn(4, n_sensitivities, dtype=torch.float64, generator=g)
+    coefficients[0] = -10.0 * coefficients[0].abs()
+    coefficients[3] = 1.0
+    return r, coefficients.requires_grad_(True)
+
+
 def test_sensitivities_by_finite_differences() -> None:
     """The fused sensitivities' derivatives in r and in the coefficients, first and second, with
     distances on both sides of the cutoff (5 Å)."""
-    g = torch.Generator().manual_seed(2)
-    r = (torch.rand(25, dtype=torch.float64, generator=g) * 5.0 + 0.8).requires_grad_(True)
-    coefficients = torch.randn(4, 5, dtype=torch.float64, generator=g)
-    coefficients[0] = -10.0 * coefficients[0].abs()
-    coefficients[3] = 1.0
-    coefficients.requires_grad_(True)
+    r, coefficients = sensitivity_inputs(25, 5, torch.Generator().manual_seed(2))
 
     def call(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return torch.ops.ekd.sensitivities(r, c, 0.7, 5.0)
@@ -115,6 +120,29 @@ def test_sensitivities_by_finite_differences() -> None:
     assert torch.autograd.gradcheck(call, (r, coefficients))
     assert torch.autograd.gradgradcheck(call, (r, coefficients))
 
+
+def test_sensitivities_force_training_derivatives() -> None:
+    """The path of training with a force loss: the gradient with respect to r alone, recorded
+    (create_graph), is its own operator; its derivatives in r, in the upstream gradient and in
+    the coefficients (second derivatives of s) by finite differences and against the stock
+    formula to 1e-12, and its own derivatives (third derivatives of s, the composite fallback)."""
+    g = torch.Generator().manual_seed(4)
+    r, coefficients = sensitivity_inputs(30, 6, g)
+    upstream = torch.randn(30, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    m = torch.tensor(0.7, dtype=torch.float64)
+
+    def slope(r: torch.Tensor, c: torch.Tensor, w: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        s = torch.ops.ekd.sensitivities(r, c, 0.7, 5.0) if fused else StockExponentials()(r, c, m, 5.0)
+        return torch.autograd.grad(s, r, grad_outputs=w, create_graph=True)[0]
+
+    assert (r > 5.0).any() and (r < 5.0).any()
+    h = torch.randn(30, dtype=torch.float64, generator=g)
+    fused = torch.autograd.grad(slope(r, coefficients, upstream), (r, coefficients, upstream), h)
+    stock = torch.autograd.grad(slope(r, coefficients, upstream, fused=False), (r, coefficients, upstream), h)
+    for a, b in zip(fused, stock):
+        assert (a - b).abs().max() <= 1e-12 * b.abs().max()
+    assert torch.autograd.gradcheck(slope, (r, coefficients, upstream))
+    assert torch.autograd.gradgradcheck(slope, (r, coefficients, upstream))
 
 def test_malformed_graphs_are_refused() -> None:
     receivers, senders = torch.tensor([0, 1, 2]), torch.tensor([1, 7, 0])

@@ -11,15 +11,18 @@
 // x once (then exp in place, vectorised by ATen) and the backward reads g and s once, recomputing
 // x per edge, to give the gradient with respect to r and to the coefficients.
 //
-// Second derivatives (training with a force loss differentiates the forces again) take the
-// stock operators: when the backward itself is recorded (create_graph), it re-evaluates the
-// same formula with ATen operators and differentiates that, so the result stays differentiable.
+// Second derivatives (training with a force loss differentiates the forces again): when the
+// backward is recorded (create_graph) and only the gradient with respect to r is wanted, as for
+// forces, it is itself an operator (`SensitivitiesBackward`) whose backward is one more pass over
+// the edges, reading g, s and r once. Third derivatives, and a recorded gradient with respect to
+// the coefficients, re-evaluate the formula with ATen operators and differentiate that.
 
 #include <torch/torch.h>
 #include <torch/library.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -36,17 +39,19 @@ constexpr int64_t kGrain = 256;      // edges per task when threads share the wo
 // u, L(r) and dL/dr of one edge
 template <typename T>
 struct EdgeTerms {
-  T u, log_cut, log_cut_slope;
+  T u, log_cut, log_cut_slope, log_cut_curvature;
   EdgeTerms(T r, T m, T cutoff) {
     u = T(1) / r - m;
     if (r < cutoff) {
       const T theta = T(0.5 * M_PI) * r / cutoff;
-      const T c = std::cos(theta);
+      const T c = std::cos(theta), tan = std::tan(theta);
       log_cut = std::log(c * c);
-      log_cut_slope = -T(M_PI) / cutoff * std::tan(theta);
+      log_cut_slope = -T(M_PI) / cutoff * tan;
+      log_cut_curvature = -T(0.5 * M_PI * M_PI) / (cutoff * cutoff) * (T(1) + tan * tan);
     } else {
       log_cut = T(kOutside);
       log_cut_slope = T(0);
+      log_cut_curvature = T(0);
     }
   }
 };
@@ -125,6 +130,65 @@ std::tuple<Tensor, Tensor> sensitivities_backward_cpu(const Tensor& g_in, const 
   return {grad_r, want_coefficients ? grad_coef.sum(0) : Tensor()};
 }
 
+// The backward of `sensitivities_backward_cpu`'s grad_r = Σ_v g s x'_v (x' = dx/dr), given h =
+// dL/d(grad_r): the gradients with respect to g (E, V), s (E, V), r (E,) at fixed s, and the
+// coefficients (4, V) at fixed s. Autograd passes the one with respect to s on to the forward's
+// backward (s = exp(x)), which turns it into the remaining r and coefficient terms.
+//   dg = h s x',  ds = h g x',  dr = h Σ_v g s x'',  dc_k = Σ_e h g s ∂x'/∂c_k,
+//   x' = (2a u + b) u' + d L',  x'' = 2a u'^2 + (2a u + b) u'' + d L'',  u' = -1/r^2, u'' = 2/r^3
+std::vector<Tensor> sensitivities_double_backward_cpu(const Tensor& h_in, const Tensor& g_in, const Tensor& s_in,
+                                                      const Tensor& r_in, const Tensor& coef_in, double m,
+                                                      double cutoff, std::array<bool, 4> want) {
+  const Tensor h = h_in.contiguous(), g = g_in.contiguous(), s = s_in.contiguous(), r = r_in.contiguous(),
+               coef = coef_in.contiguous();
+  const int64_t E = r.size(0), V = coef.size(1);
+  Tensor grad_g = want[0] ? torch::empty({E, V}, r.options()) : Tensor();
+  Tensor grad_s = want[1] ? torch::empty({E, V}, r.options()) : Tensor();
+  Tensor grad_r = want[2] ? torch::empty({E}, r.options()) : Tensor();
+  const int64_t threads = want[3] && E > kGrain ? at::get_num_threads() : 1;
+  Tensor grad_coef = torch::zeros({threads, 4, want[3] ? V : 0}, r.options());
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "ekd_sensitivities_double_backward", [&] {
+    const scalar_t *hp = h.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>(),
+                   *rp = r.data_ptr<scalar_t>(), *cp = coef.data_ptr<scalar_t>();
+    scalar_t* ggp = want[0] ? grad_g.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gsp = want[1] ? grad_s.data_ptr<scalar_t>() : nullptr;
+    scalar_t* grp = want[2] ? grad_r.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gcp = grad_coef.data_ptr<scalar_t>();
+    const scalar_t floor_s = scalar_t(std::exp(kFloor) * (1.0 + 1e-6));  // as in the backward
+    at::parallel_for(0, E, kGrain, [&](int64_t begin, int64_t end) {
+      scalar_t* mine = want[3] ? gcp + std::min<int64_t>(at::get_thread_num(), threads - 1) * 4 * V : nullptr;
+      for (int64_t e = begin; e < end; ++e) {
+        const scalar_t re = rp[e], he = hp[e];
+        const EdgeTerms<scalar_t> t(re, scalar_t(m), scalar_t(cutoff));
+        const scalar_t du = -scalar_t(1) / (re * re), d2u = scalar_t(-2) * du / re;
+        const scalar_t *ge = gp + e * V, *se = sp + e * V;
+        scalar_t sum = 0;
+        for (int64_t v = 0; v < V; ++v) {  // no branches: vectorised by the compiler
+          const scalar_t live = se[v] > floor_s ? he : scalar_t(0);  // no slope where x was clamped
+          const scalar_t a = cp[v], b = cp[V + v], d = cp[3 * V + v];
+          const scalar_t slope = (scalar_t(2) * a * t.u + b) * du + d * t.log_cut_slope;
+          const scalar_t curvature = scalar_t(2) * a * du * du + (scalar_t(2) * a * t.u + b) * d2u +
+                                     d * t.log_cut_curvature;
+          if (ggp != nullptr) ggp[e * V + v] = live * se[v] * slope;
+          if (gsp != nullptr) gsp[e * V + v] = live * ge[v] * slope;
+          sum += live * ge[v] * se[v] * curvature;
+        }
+        if (grp != nullptr) grp[e] = sum;
+        if (mine != nullptr) {
+          const scalar_t two_u_du = scalar_t(2) * t.u * du;
+          for (int64_t v = 0; v < V; ++v) {
+            const scalar_t q = (se[v] > floor_s ? he : scalar_t(0)) * ge[v] * se[v];
+            mine[v] += q * two_u_du;
+            mine[V + v] += q * du;
+            mine[3 * V + v] += q * t.log_cut_slope;
+          }
+        }
+      }
+    });
+  });
+  return {grad_g, grad_s, grad_r, want[3] ? grad_coef.sum(0) : Tensor()};
+}
+
 // the same formula in ATen operators (differentiable), for second derivatives
 Tensor sensitivities_composite(const Tensor& r, const Tensor& coef, double m, double cutoff) {
   const Tensor u = r.reciprocal() - m;
@@ -134,6 +198,37 @@ Tensor sensitivities_composite(const Tensor& r, const Tensor& coef, double m, do
   const Tensor powers = torch::stack({u * u, u, torch::ones_like(u), log_cut}, 1);
   return torch::exp(torch::matmul(powers, coef).clamp_min(kFloor));
 }
+
+// grad_r of the backward as an operator of (g, s, r, coefficients), so that training with a force
+// loss differentiates it in one pass (`sensitivities_double_backward_cpu`)
+struct SensitivitiesBackward : torch::autograd::Function<SensitivitiesBackward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& g, const Tensor& s, const Tensor& r, const Tensor& coef,
+                        double m, double cutoff) {
+    ctx->save_for_backward({g, s, r, coef});
+    ctx->saved_data["m"] = m;
+    ctx->saved_data["cutoff"] = cutoff;
+    return std::get<0>(sensitivities_backward_cpu(g, s, r, coef, m, cutoff, false));
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &g = saved[0], &s = saved[1], &r = saved[2], &coef = saved[3];
+    const double m = ctx->saved_data["m"].toDouble(), cutoff = ctx->saved_data["cutoff"].toDouble();
+    const Tensor h = grad[0].defined() ? grad[0] : torch::zeros_like(r);
+    if (torch::GradMode::is_enabled()) {  // third derivatives: the composite formula, s recomputed from r
+      const Tensor s_again = sensitivities_composite(r, coef, m, cutoff);
+      const Tensor grad_r = torch::autograd::grad({s_again}, {r}, {g}, true, true)[0];
+      std::vector<Tensor> inputs{g, r};
+      if (ctx->needs_input_grad(3)) inputs.push_back(coef);
+      const auto wanted = torch::autograd::grad({grad_r}, inputs, {h}, true, true, true);
+      return {wanted[0], Tensor(), wanted[1], ctx->needs_input_grad(3) ? wanted[2] : Tensor(), Tensor(), Tensor()};
+    }
+    auto grads = sensitivities_double_backward_cpu(
+        h, g, s, r, coef, m, cutoff,
+        {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2), ctx->needs_input_grad(3)});
+    return {grads[0], grads[1], grads[2], grads[3], Tensor(), Tensor()};
+  }
+};
 
 struct Sensitivities : torch::autograd::Function<Sensitivities> {
   static Tensor forward(AutogradContext* ctx, const Tensor& r, const Tensor& coef, double m, double cutoff) {
@@ -155,7 +250,11 @@ struct Sensitivities : torch::autograd::Function<Sensitivities> {
     const auto saved = ctx->get_saved_variables();
     const double m = ctx->saved_data["m"].toDouble(), cutoff = ctx->saved_data["cutoff"].toDouble();
     const bool want_r = ctx->needs_input_grad(0), want_coef = ctx->needs_input_grad(1);
-    if (torch::GradMode::is_enabled()) {  // create_graph: a differentiable backward
+    if (torch::GradMode::is_enabled() && want_r && !want_coef) {  // create_graph for forces
+      return {SensitivitiesBackward::apply(grad[0], saved[2], saved[0], saved[1], m, cutoff), Tensor(), Tensor(),
+              Tensor()};
+    }
+    if (torch::GradMode::is_enabled()) {  // create_graph, coefficients too: the composite formula
       std::vector<Tensor> inputs, wanted;
       Tensor r = saved[0], coef = saved[1];
       const Tensor s = sensitivities_composite(r, coef, m, cutoff);
