@@ -159,27 +159,10 @@ def refuse_augment_under_torchrun(dist: Optional[Context]) -> None:
 def train_student(run: RunDirectory, resume: bool, dist: Optional[Context] = None) -> None:
     """The student learns energies + ensemble-mean forces (+ atomic energies); the baseline,
     same architecture and settings, learns the energies alone."""
-    hashes = [file_sha256(p) for p in teacher_checkpoints(run)]
     settings = run.config.student
     seed = run.config.run.seed + 1000
     model = new_model(run, settings.kind, settings.architecture(uncertainty=True), seed)
-    held = run.held
-    if held.full:
-        labels = read_labels(run.labels_path, graph=run.graph(model.cutoff), hashes=hashes)
-    else:  # this rank's rows only; rank 0 checks the file belongs to the whole data set
-        on_main(dist, lambda: check_labels(run.labels_path, hashes, run.fingerprint()))  # type: ignore[arg-type]
-        labels = read_labels(run.labels_path, hashes=hashes, part=(
-            slice(held.start, held.stop), slice(run.atom_offset(held.start), run.atom_offset(held.stop))))
-    if run.config.augment.enabled:
-        distilled, train_ids = augmented_graph(run, model.cutoff, labels, hashes, dist)
-    else:
-        student_atom_references = run.references[run.graph(model.cutoff).species.cpu().numpy()]
-        distilled = run.graph(model.cutoff, atom_labels={
-            "forces": labels.forces_mean,
-            "atom_energy": labels.atom_energy_mean - student_atom_references,
-            "uncertainty": labels.forces_std,
-        })
-        train_ids = run.split["train"]
+    distilled, train_ids = student_graph(run, model.cutoff, dist)
     if mine(run, dist, 0):
         fit(run, model, train_ids, settings.train, STUDENT, seed, resume, graph=distilled, dist=dist)
     if run.config.baseline.enabled and mine(run, dist, 1):
@@ -189,6 +172,29 @@ def train_student(run: RunDirectory, resume: bool, dist: Optional[Context] = Non
         fit(run, baseline, run.split["train"], baseline_settings, BASELINE, seed, resume, dist=dist)
     if dist is not None:
         dist.wait_for_all("student")
+
+
+def student_graph(run: RunDirectory, cutoff: float, dist: Optional[Context] = None
+                  ) -> tuple[GraphData, np.ndarray]:
+    """The student's training graph (the data with the teachers' labels as atom targets, plus
+    the augmented conformations when `[augment]` is on) and its training conformation ids."""
+    hashes = [file_sha256(p) for p in teacher_checkpoints(run)]
+    held = run.held
+    if held.full:
+        labels = read_labels(run.labels_path, graph=run.graph(cutoff), hashes=hashes)
+    else:  # this rank's rows only; rank 0 checks the file belongs to the whole data set
+        on_main(dist, lambda: check_labels(run.labels_path, hashes, run.fingerprint()))  # type: ignore[arg-type]
+        labels = read_labels(run.labels_path, hashes=hashes, part=(
+            slice(held.start, held.stop), slice(run.atom_offset(held.start), run.atom_offset(held.stop))))
+    if run.config.augment.enabled:
+        return augmented_graph(run, cutoff, labels, hashes, dist)
+    student_atom_references = run.references[run.graph(cutoff).species.cpu().numpy()]
+    distilled = run.graph(cutoff, atom_labels={
+        "forces": labels.forces_mean,
+        "atom_energy": labels.atom_energy_mean - student_atom_references,
+        "uncertainty": labels.forces_std,
+    })
+    return distilled, run.split["train"]
 
 
 def augmented_graph(run: RunDirectory, cutoff: float, labels: Labels, hashes: List[str],
