@@ -17,7 +17,10 @@ a dump every 0.25 ps and the averaged O–O g(r):
   the pair style's short-distance warning;
 - energy: drift of the NVE total energy (linear fit, meV/atom/ps) and its largest excursion;
 - structure: g_OO first peak beside experiment (X-ray, 295 K: 2.80 Å, height 2.57;
-  Skinner et al., J. Chem. Phys. 138, 074506 (2013)).
+  Skinner et al., J. Chem. Phys. 138, 074506 (2013));
+- coordination: neighbours per atom within the model's cutoff, the environment size the model
+  must handle (a liquid has several times more than any molecule or small cluster of the
+  training data: docs/results.md, "Towards liquid water").
 Writes DIR/liquid.json and prints a summary; exit code 0 when the liquid stayed molecular and
 every step ran, 1 otherwise.
 """
@@ -99,6 +102,20 @@ def molecular(frames: dict, species: np.ndarray, cell: float) -> dict:
     return {"frames": rows, "stayed_molecular": intact}
 
 
+def coordination(frames: dict, cell: float, cutoff: float) -> dict:
+    """Neighbours per atom within `cutoff` (minimum image), mean and largest over the dumped frames."""
+    counts = []
+    for _, table in sorted(frames.items()):
+        x = table[:, 1:4]
+        d = x[:, None, :] - x[None, :, :]
+        d = np.linalg.norm(d - cell * np.round(d / cell), axis=2)
+        counts.append((d < cutoff).sum(axis=1) - 1)
+    if not counts:
+        return {}
+    counts = np.concatenate(counts)
+    return {"cutoff": cutoff, "mean": float(counts.mean()), "max": int(counts.max())}
+
+
 def relaxation(log: str, n_atoms: int) -> dict:
     """How far the start fell in energy while relaxed (meV/atom), and whether it converged."""
     found = re.search(r"Energy initial, next-to-last, final =\s+(\S+)\s+\S+\s+(\S+)", log)
@@ -152,7 +169,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/liquid"), help="folder (default runs/liquid)")
     args = parser.parse_args()
-    elements = read_metadata(args.model).elements
+    metadata = read_metadata(args.model)
+    elements = metadata.elements
     if not {"H", "O"} <= set(elements):
         print(f"{args.model}: knows {' '.join(elements)}; water needs H and O", file=sys.stderr)
         return 2
@@ -172,6 +190,7 @@ def main() -> int:
               "error": None if run.ok else run.error, "short_distance_warning": "closer than" in run.log,
               "relaxation": relaxation(run.log, len(box)),
               "molecular": molecular(frames, box.numbers, float(box.cell[0, 0])),
+              "neighbours": coordination(frames, float(box.cell[0, 0]), metadata.cutoff),
               "energy": energy_drift(run.log, nvt * args.timestep / 1000.0, len(box)),
               "g_oo_first_peak": first_peak(args.out / "rdf.txt")}
     (args.out / "liquid.json").write_text(json.dumps(result, indent=1))
@@ -192,6 +211,10 @@ def summarise(result: dict) -> None:
         print(f"  smallest O-O between molecules {min(r['min_oo'] for r in m['frames']):.2f} Å, H...O "
               f"{min(r['min_h_o_between'] for r in m['frames']):.2f} Å, O-H bond "
               f"{min(r['min_o_h_bond'] for r in m['frames']):.2f} Å; last frame: {last}")
+    if result["neighbours"]:
+        n = result["neighbours"]
+        print(f"neighbours within the model's {n['cutoff']:g} Å cutoff: {n['mean']:.1f} per atom on average, "
+              f"at most {n['max']}")
     if e:
         print(f"NVE: drift {e['drift_meV_per_atom_ps']:+.3f} meV/atom/ps, largest excursion "
               f"{e['max_excursion_meV_per_atom']:.2f} meV/atom over {e['ps']:.1f} ps, mean T {e['temperature_nve_mean_K']:.0f} K")

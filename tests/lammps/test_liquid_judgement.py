@@ -44,6 +44,16 @@ def test_collapsed_stretched_and_moved_hydrogens_are_not_molecular() -> None:
     assert molecular({0: frame(start), 10: frame(collapsed)}, species, 10.0)["frames"][1]["min_o_h_bond"] < 0.21
 
 
+def test_neighbours_within_the_cutoff_count_periodic_images() -> None:
+    """A simple cubic lattice of spacing 1 Å in a 6 Å box: 6 neighbours within 1.2 Å, 18 within
+    1.5 Å (faces and edges of the cube), the box's faces crossed by the minimum image."""
+    coordination = liquid_module().coordination
+    grid = np.stack(np.meshgrid(*[np.arange(6.0)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    frames = {0: frame(grid), 10: frame(grid + 0.3)}
+    assert coordination(frames, 6.0, 1.2) == {"cutoff": 1.2, "mean": 6.0, "max": 6}
+    assert coordination(frames, 6.0, 1.5) == {"cutoff": 1.5, "mean": 18.0, "max": 18}
+    assert coordination({}, 6.0, 1.5) == {}
+
 def test_liquid_run_relaxes_the_start_and_judges_the_nve_rows_alone(tiny_exports: dict, tmp_path: Path) -> None:
     """liquid.py end to end in LAMMPS with the tiny student on 8 waters: the start is relaxed
     (the energy falls), and the NVE drift is fitted on the NVE rows only, not on the relaxation's
