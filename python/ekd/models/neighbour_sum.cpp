@@ -138,25 +138,10 @@ Tensor edge_contraction_cpu(const Tensor& g_in, const Tensor& z_in, const Tensor
     const int64_t *rp = row_ptr.data_ptr<int64_t>(), *snd = senders.data_ptr<int64_t>();
     const scalar_t* zp = z.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    if (k > 4) {  // many sensitivities: plain loops on g as it is
-      const Tensor ge = g_in.contiguous();
-      const scalar_t* gp = ge.data_ptr<scalar_t>();
-      at::parallel_for(0, R, kGrain, [&](int64_t begin, int64_t end) {
-        kernels::generic::edge_contraction_rows_plain(gp, zp, rp, snd, op, V, F, begin, end);
-      });
-      return;
-    }
-    // every receiver's g as (F, V), V padded to whole vectors (zeroed only when there is padding:
-    // filling the table first cost as much as the copy in a training step)
-    Tensor gt;
-    if (V == k * lanes) {
-      gt = g_in.transpose(1, 2).contiguous();
-    } else {
-      gt = torch::zeros({R, F, k * lanes}, z.options());
-      gt.narrow(2, 0, V).copy_(g_in.transpose(1, 2));
-    }
-    const scalar_t* gp = gt.data_ptr<scalar_t>();
+    const Tensor ge = g_in.contiguous();
+    const scalar_t* gp = ge.data_ptr<scalar_t>();
     at::parallel_for(0, R, kGrain, [&](int64_t begin, int64_t end) {
+      if (k > 4) return kernels::generic::edge_contraction_rows_plain(gp, zp, rp, snd, op, V, F, begin, end);
       with_chunk(k, [&](auto K) {
         EKD_CALL(edge_contraction_rows, scalar_t, decltype(K)::value, gp, zp, rp, snd, op, V, F, begin, end);
       });

@@ -62,17 +62,24 @@ void environment_rows(const T* s, const T* z, const int64_t* row_ptr, const int6
   }
 }
 
-// edge_contraction: out[e, :] = sum_f z[j_e, f] gt[i, f, :] for the edges into i, where gt is g
-// transposed per receiver to (F, Vp), sensitivities padded with zeros to Vp = K vectors (so the
-// sum over f is a broadcast and K multiply-adds, never a sum across lanes)
+// edge_contraction: out[e, :] = sum_f z[j_e, f] g[i, :, f] for the edges into i. Each receiver's
+// g (V x F) is first transposed into `gt` (F x Vp, a few kilobytes that stay in L1), the
+// sensitivities padded with zeros to Vp = K vectors, so that the sum over f is a broadcast and K
+// multiply-adds, never a sum across lanes. (Transposing the whole (R, V, F) table with ATen
+// instead was a strided copy that took as long as the contraction itself.)
 template <typename T, int K>
-void edge_contraction_rows(const T* gt, const T* z, const int64_t* row_ptr, const int64_t* senders, T* out, int64_t V,
+void edge_contraction_rows(const T* g, const T* z, const int64_t* row_ptr, const int64_t* senders, T* out, int64_t V,
                            int64_t F, int64_t begin, int64_t end) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int64_t Vp = K * S::lanes;
+  std::vector<T> buffer(static_cast<size_t>(F * Vp), T(0));  // padding columns stay zero
+  T* gt = buffer.data();
   for (int64_t i = begin; i < end; ++i) {
-    const T* gi = gt + i * F * Vp;
+    if (row_ptr[i] == row_ptr[i + 1]) continue;
+    const T* gi = g + i * V * F;
+    for (int64_t v = 0; v < V; ++v)
+      for (int64_t f = 0; f < F; ++f) gt[f * Vp + v] = gi[v * F + f];
     for (int64_t e = row_ptr[i]; e < row_ptr[i + 1]; ++e) {
       const T* zj = z + senders[e] * F;
       vec a0[K] = {}, a1[K] = {};
@@ -81,13 +88,13 @@ void edge_contraction_rows(const T* gt, const T* z, const int64_t* row_ptr, cons
         const T x0 = zj[f], x1 = zj[f + 1];
 #pragma GCC unroll 4
         for (int k = 0; k < K; ++k) {
-          a0[k] += x0 * S::load(gi + f * Vp + k * S::lanes);
-          a1[k] += x1 * S::load(gi + (f + 1) * Vp + k * S::lanes);
+          a0[k] += x0 * S::load(gt + f * Vp + k * S::lanes);
+          a1[k] += x1 * S::load(gt + (f + 1) * Vp + k * S::lanes);
         }
       }
       if (f < F) {
 #pragma GCC unroll 4
-        for (int k = 0; k < K; ++k) a0[k] += zj[f] * S::load(gi + f * Vp + k * S::lanes);
+        for (int k = 0; k < K; ++k) a0[k] += zj[f] * S::load(gt + f * Vp + k * S::lanes);
       }
       T sums[Vp];
 #pragma GCC unroll 4
