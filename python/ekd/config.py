@@ -205,7 +205,9 @@ class LearnSettings:
     `carve_radius` Å, `carve_molecules` in all).
     Selection: frames whose largest per-atom committee force deviation (the teachers', eV/Å) lies
     in (`threshold`, `threshold_max`] — beyond it the geometry is too far gone to teach anything —
-    and the last frame within it before a trajectory fails the docs/stability.md criterion; at
+    (for clusters carved from boxes (`threshold`, `carve_threshold_max`], 0: `threshold_max`: their
+    molecules are whole by construction, and the teachers disagree most where the data lack close
+    intermolecular contacts), and the last frame within it before a trajectory fails the docs/stability.md criterion; at
     most `per_trajectory` per trajectory and `budget` per round. A labelled conformation more than
     `max_excess_energy` eV/atom above its molecules' lowest training energies is not added (0: all
     are). Oracle: "ccsd(t)" (PySCF; oracle_options basis, frozen_core, forces, threads),
@@ -236,6 +238,7 @@ class LearnSettings:
     md_every: int = 10
     threshold: float = 0.1
     threshold_max: float = 3.0
+    carve_threshold_max: float = 0.0
     max_excess_energy: float = 0.3
     per_trajectory: int = 2
     budget: int = 100
@@ -276,6 +279,9 @@ class LearnSettings:
         if not 0 < self.threshold < self.threshold_max:
             raise ConfigError(f"[learn] need 0 < threshold < threshold_max (force deviations in eV/Å), got "
                               f"{self.threshold} and {self.threshold_max}")
+        if self.carve_threshold_max and not self.carve_threshold_max > self.threshold:
+            raise ConfigError(f"[learn] carve_threshold_max must be above threshold = {self.threshold} eV/Å (0: "
+                              f"threshold_max), got {self.carve_threshold_max}")
         if self.max_excess_energy < 0:
             raise ConfigError(f"[learn] max_excess_energy must be >= 0 eV/atom (0: keep all), got {self.max_excess_energy}")
         if self.per_trajectory < 1 or self.budget < 1 or self.jobs < 1:
@@ -283,6 +289,11 @@ class LearnSettings:
         if self.oracle not in ORACLES and not (self.oracle.startswith("ase:") and "." in self.oracle):
             raise ConfigError(f"[learn] oracle {self.oracle!r} is not known; known: {', '.join(ORACLES)} or "
                               "\"ase:package.module.Class\" (an ASE calculator)")
+
+    @property
+    def carved_threshold_max(self) -> float:
+        """The window's upper bound for clusters carved from boxes."""
+        return self.carve_threshold_max or self.threshold_max
 
     @property
     def box_frame_every(self) -> int:

@@ -279,6 +279,30 @@ def test_picks_in_a_trajectory_are_five_of_its_own_frames_apart() -> None:
     assert list(trajectories.step[picked[picked >= 40]]) == [4, 56, 108]
 
 
+def test_carved_clusters_have_their_own_upper_bound() -> None:
+    """Clusters carved from boxes, whole molecules at close contact, lie far above the molecules'
+    window (liquid water's trimers: 6 eV/Å median in vacuum); `carve_threshold_max` admits them
+    without admitting molecular frames as far gone."""
+    from ekd.config import LearnSettings
+    from ekd.learn.sampling import BOX, MOLECULE, Trajectories
+
+    n = 20
+    frames = AtomsData(species=np.ones(2 * n, dtype=np.int64), positions=np.zeros((2 * n, 3)),
+                       n_atoms=np.ones(2 * n, dtype=np.int64), energy=np.zeros(2 * n))
+    trajectories = Trajectories(frames, np.repeat([0, 1], n), np.tile(np.arange(10, 10 * n + 1, 10), 2),
+                                np.full(2 * n, 300.0), np.array([-1, -1]), ["", ""], np.array([300.0, 300.0]),
+                                np.array([MOLECULE, BOX]), np.full((2, 1), -1))
+    deviation = np.tile(np.linspace(4.0, 6.0, n), 2)
+    settings = LearnSettings(md_every=10, per_trajectory=3, threshold=1.2, threshold_max=3.0)
+    with pytest.raises(EkdError, match="carve_threshold_max = 3"):
+        select_frames(trajectories, deviation, settings)
+    settings.carve_threshold_max = 8.0
+    selection = select_frames(trajectories, deviation, settings)
+    assert len(selection.frames) == 3 and (selection.frames >= n).all()     # the box's frames only
+    assert selection.over_threshold == n
+    with pytest.raises(ConfigError, match="carve_threshold_max"):
+        LearnSettings(threshold=1.2, carve_threshold_max=1.0).check()
+
 def test_a_threshold_that_selects_nothing_says_so(grown: dict) -> None:
     frames, trajectories, deviation, _ = read_sampling(grown["out"] / "round_1" / "sampling.h5")
     settings = load_config(grown["config"]).learn

@@ -53,7 +53,7 @@ from .boxes import run_boxes
 from .md_test import MD_TEST_NAME, hold_out, md_test_errors
 from .sampling import (KINDS, Trajectories, committee_deviation, join, lowest_energies, run_dynamics, start_references,
                        starting_structures)
-from .selection import REASONS, select_frames
+from .selection import REASONS, select_frames, window_tops
 
 _PROVENANCE = ("round", "trajectory", "step", "temperature", "committee_deviation", "reason", "sources",
                "reference_energy")
@@ -302,7 +302,7 @@ def sample_round(learning: Learning, k: int, run: RunDirectory) -> Dict[str, Any
     frames, trajectories, deviation, _ = read_sampling(path)
     arrays, _ = read_arrays(path, ["baseline_failed_step"])
     return sampling_summary(trajectories, deviation, arrays["baseline_failed_step"], learning.config.learn.threshold,
-                            learning.config.learn.threshold_max)
+                            window_tops(trajectories, learning.config.learn))
 
 
 def sample_boxes(learning: Learning, k: int, run: RunDirectory, teachers: Teachers, student: Trajectories,
@@ -361,7 +361,7 @@ def read_sampling(path: Path) -> tuple[AtomsData, Trajectories, np.ndarray, np.n
 
 
 def sampling_summary(student: Trajectories, deviation: np.ndarray, baseline_failed: np.ndarray,
-                     threshold: float, threshold_max: float) -> Dict[str, Any]:
+                     threshold: float, tops: np.ndarray) -> Dict[str, Any]:
     """Survival (student, baseline) per kind of start, and how often the teachers disagreed."""
     out: Dict[str, Any] = {}
     for kind, name in enumerate(KINDS):
@@ -371,7 +371,7 @@ def sampling_summary(student: Trajectories, deviation: np.ndarray, baseline_fail
                          "baseline_survived": int((baseline_failed[rows] == -1).sum()) if (baseline_failed > -2).all()
                          else None}
     out["frames"] = int(len(deviation))
-    out["frames_in_window"] = int(((deviation > threshold) & (deviation <= threshold_max)).sum())
+    out["frames_in_window"] = int(((deviation > threshold) & (deviation <= tops)).sum())
     out["deviation_median"] = float(np.median(deviation)) if len(deviation) else None
     out["deviation_max"] = float(deviation.max()) if len(deviation) else None
     return out

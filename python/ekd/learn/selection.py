@@ -2,7 +2,8 @@
 
 Two reasons to pick a frame: the teachers disagree on it (its largest per-atom committee force
 deviation in the window (`threshold`, `threshold_max`]: the dynamics left what the teachers
-knew, but not so far that the geometry is beyond repair), or it is the last frame within the
+knew, but not so far that the geometry is beyond repair; for clusters carved from boxes the
+upper bound is `carve_threshold_max`), or it is the last frame within the
 window's upper bound before its trajectory failed the stability criterion (the student went
 wrong soon after it). Per trajectory at most `per_trajectory` frames — the frame before the
 failure first, then the most disagreed-on frames at least 5 frames apart (`md_every` or, in
@@ -36,14 +37,22 @@ class Selection:
     before_failure: int    # failed trajectories with a frame before the failure
 
 
+def window_tops(trajectories: Trajectories, settings: LearnSettings) -> np.ndarray:
+    """Each frame's upper bound of the deviation window: `carve_threshold_max` for clusters
+    carved from boxes, `threshold_max` for the rest."""
+    carved = trajectories.start_kind[trajectories.trajectory] == BOX
+    return np.where(carved, settings.carved_threshold_max, settings.threshold_max)
+
+
 def select_frames(trajectories: Trajectories, deviation: np.ndarray, settings: LearnSettings) -> Selection:
     """The round's oracle calls; refuses (naming the keys) when nothing can be selected."""
     picks: List[tuple[int, int, float]] = []   # (frame, reason, deviation)
     before = 0
+    tops = window_tops(trajectories, settings)
     for t in range(len(trajectories.failed_step)):
         rows = np.flatnonzero(trajectories.trajectory == t)
         chosen: List[int] = []
-        trusted = rows[deviation[rows] <= settings.threshold_max]   # frames are in step order
+        trusted = rows[deviation[rows] <= tops[rows]]   # frames are in step order
         gap = MIN_GAP_FRAMES * (settings.box_frame_every if trajectories.start_kind[t] == BOX else settings.md_every)
         if trajectories.failed_step[t] >= 0 and len(trusted):
             chosen.append(int(trusted[-1]))
@@ -55,12 +64,13 @@ def select_frames(trajectories: Trajectories, deviation: np.ndarray, settings: L
             if all(abs(int(trajectories.step[row]) - int(trajectories.step[c])) >= gap for c in chosen):
                 chosen.append(int(row))
                 picks.append((int(row), DISAGREEMENT, float(deviation[row])))
-    over = int(np.count_nonzero((deviation > settings.threshold) & (deviation <= settings.threshold_max)))
+    over = int(np.count_nonzero((deviation > settings.threshold) & (deviation <= tops)))
     if not picks:
         largest = float(deviation.max()) if len(deviation) else float("nan")
         raise EkdError(f"[learn] nothing to select: no trajectory failed and no frame's committee deviation lies "
                        f"between threshold = {settings.threshold:g} and threshold_max = {settings.threshold_max:g} "
-                       f"eV/Å (the largest is {largest:.3g} eV/Å); widen the window, or the student's dynamics "
+                       f"eV/Å (carved clusters: carve_threshold_max = {settings.carved_threshold_max:g}; the largest is "
+                       f"{largest:.3g} eV/Å); widen the window, or the student's dynamics "
                        "already stay where the teachers agree")
     order = sorted(range(len(picks)), key=lambda k: (picks[k][1], -picks[k][2]))[: settings.budget]
     order.sort(key=lambda k: picks[k][0])
