@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ekd.data import DataSpec, read_data
+from ekd.data.neighbors import neighbor_list
 from ekd.export import read_metadata
 from ekd.md.boxes import base_box, representative_molecules
 from ekd.md.lammps_driver import (dump_lines, last_run, neighbor_lines, pair_lines, read_dump, read_thermo,
@@ -103,13 +104,12 @@ def molecular(frames: dict, species: np.ndarray, cell: float) -> dict:
 
 
 def coordination(frames: dict, cell: float, cutoff: float) -> dict:
-    """Neighbours per atom within `cutoff` (minimum image), mean and largest over the dumped frames."""
+    """Neighbours per atom within `cutoff` (every periodic image: the pair style's graph), mean and
+    largest over the dumped frames."""
     counts = []
     for _, table in sorted(frames.items()):
-        x = table[:, 1:4]
-        d = x[:, None, :] - x[None, :, :]
-        d = np.linalg.norm(d - cell * np.round(d / cell), axis=2)
-        counts.append((d < cutoff).sum(axis=1) - 1)
+        receivers = neighbor_list(table[:, 1:4], np.eye(3) * cell, np.ones(3, dtype=bool), cutoff)[0]
+        counts.append(np.bincount(receivers, minlength=len(table)))
     if not counts:
         return {}
     counts = np.concatenate(counts)
