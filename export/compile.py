@@ -84,8 +84,11 @@ def verify(eager: torch.nn.Module, loaded: torch.jit.ScriptModule, model: Potent
             whole = eager.whole(g.edge_vectors.to(dtype), g.receivers, g.senders, g.species, len(g.species))
             chained = chain_layers(loaded, model.num_interactions, g.edge_vectors.to(dtype), g.receivers,
                                    g.senders, g.species)
-            for name, a, b in zip(["atom_energy", "edge_grad"], whole[1:], chained):
+            chained_apart = chain_layers(loaded, model.num_interactions, g.edge_vectors.to(dtype), g.receivers,
+                                         g.senders, g.species, apart=True)
+            for name, a, b, c in zip(["atom_energy", "edge_grad"], whole[1:], chained, chained_apart):
                 _check(k, f"layer-by-layer {name} differs from forward", a, b, tolerance)
+                _check(k, f"layer-by-layer {name} (edge features apart) differs from forward", a, c, tolerance)
             if k == len(samples) - 1:  # the periodic box, cut into about three blocks (each costs time)
                 block_edges = max(1, (int(g.receivers.shape[0]) + 2) // 3)
                 blocked = loaded.in_blocks(g.edge_vectors.to(dtype), g.receivers, g.senders, g.species,

@@ -105,11 +105,19 @@ class DeployedLayers(DeployedPotential):
         energies included in layer 0); differentiable in `z` and `edge_features`."""
         return self.layer_apart(t, z, edge_features, receivers, senders, species, n_local, None)
 
+    @torch.jit.export
+    def edge_features_apart(self, edge_vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`edge_features` as two tables, the network's (E, K') and the edge lengths (E,), for
+        `layer_apart`: no (E, K' + 1) table to assemble and split again in every layer."""
+        return self.model.network_edge_features(edge_vectors)
+
+    @torch.jit.export
     def layer_apart(self, t: int, z: torch.Tensor, features: torch.Tensor, receivers: torch.Tensor,
                     senders: torch.Tensor, species: torch.Tensor, n_local: int, distances: Optional[torch.Tensor]
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """`layer`, given the network's edge features and the edge lengths apart (distances None:
-        as `edge_features` gives them), so the blocks below copy no edge table."""
+        """`layer`, given the network's edge features and the edge lengths apart, as
+        `edge_features_apart` gives them (distances None: `features` as `edge_features` gives
+        them). On several ranks a step so spends no time copying edge tables (CONTRACT.md §2b)."""
         z_next, energy = self.model.layer(t, z, features, receivers, senders, species, n_local, distances)
         energy = energy.to(torch.float64)
         if t == 0:
@@ -258,17 +266,24 @@ class DeployedLayersUncertainty(DeployedLayers, DeployedUncertainty):
 
 
 def chain_layers(module: nn.Module, n_layers: int, edge_vectors: torch.Tensor, receivers: torch.Tensor,
-                 senders: torch.Tensor, species: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """A graph whose nodes are all local, evaluated through `layer` as the pair style chains the
-    layers (here nothing needs exchanging): (float64 atom energies, edge_grad), and the atom
-    uncertainty from the last layer's features when the module has one. For checks."""
+                 senders: torch.Tensor, species: torch.Tensor, apart: bool = False) -> Tuple[torch.Tensor, ...]:
+    """A graph whose nodes are all local, evaluated through `layer` (or, `apart`, through
+    `edge_features_apart` and `layer_apart`) as the pair style chains the layers (here nothing
+    needs exchanging): (float64 atom energies, edge_grad), and the atom uncertainty from the last
+    layer's features when the module has one. For checks."""
     vectors = edge_vectors.detach().requires_grad_(True)
     n = int(species.shape[0])
     z = vectors.new_zeros(n, 0)
     energy = torch.zeros(n, dtype=torch.float64)
-    features = module.edge_features(vectors)
+    if apart:
+        features, distances = module.edge_features_apart(vectors)
+    else:
+        features, distances = module.edge_features(vectors), None
     for t in range(n_layers):
-        z, terms = module.layer(t, z, features, receivers, senders, species, n)
+        if apart:
+            z, terms = module.layer_apart(t, z, features, receivers, senders, species, n, distances)
+        else:
+            z, terms = module.layer(t, z, features, receivers, senders, species, n)
         energy = energy + terms
     gradient = _gradient(energy.sum(), vectors)
     if hasattr(module, "atom_uncertainty"):

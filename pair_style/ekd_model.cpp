@@ -37,7 +37,7 @@ constexpr double kMaxCutoff = 30.0;    // Angstrom; export/metadata.py has the s
 EKDModel::EKDModel(LAMMPS *lmp) :
     Pointers(lmp), device(torch::kCPU), loaded(false), dtype(torch::kFloat64), cutoff(0.0),
     receptive_field(0.0), min_distance(0.0), num_interactions(1), members(1), atom_uncertainty(false),
-    uncertainty_scale(1.0), has_blocks(false), file_whole_edges(INT64_MAX), whole_edges(INT64_MAX), block_edges(0)
+    uncertainty_scale(1.0), has_blocks(false), has_layer_apart(false), file_whole_edges(INT64_MAX), whole_edges(INT64_MAX), block_edges(0)
 {
 }
 
@@ -84,6 +84,8 @@ void EKDModel::load(const std::string &file, const torch::Device &on)
   if (atom_uncertainty) check_uncertainty_methods();
   has_blocks = !exchange_widths.empty() && module.find_method("layer_values") &&
       module.find_method("layer_gradients") && module.hasattr("whole_edges") && module.attr("whole_edges").isInt();
+  has_layer_apart = !exchange_widths.empty() && module.find_method("edge_features_apart") &&
+      module.find_method("layer_apart");
   file_whole_edges = whole_edges = has_blocks ? module.attr("whole_edges").toInt() : INT64_MAX;
   block_edges = has_blocks && module.hasattr("block_edges") ? module.attr("block_edges").toInt() : 0;
 

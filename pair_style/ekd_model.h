@@ -58,6 +58,7 @@ class EKDModel : protected Pointers {
                                        // exchange_features); empty: the file has no layer()
   bool atom_uncertainty;               // forward_with_uncertainty() (and atom_uncertainty() with layer())
   bool has_blocks;                     // layer_values(), layer_gradients() and whole_edges (§2d)
+  bool has_layer_apart;                // edge_features_apart() and layer_apart() (§2b)
   int64_t file_whole_edges;            // the file's whole_edges
   int64_t whole_edges;                 // in use: larger graphs run in blocks (set by use_blocks)
   int64_t block_edges;                 // edges per block

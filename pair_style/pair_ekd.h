@@ -66,6 +66,9 @@ class PairEKD : public Pair {
   // pair_ekd_layers.cpp: several ranks, a layered file
   void call_layers(bool with_uncertainty);
   void call_layers_in_blocks(bool with_uncertainty);
+  std::vector<torch::Tensor> edge_tables(const torch::Tensor &vec);
+  torch::Tensor edge_gradient(const torch::Tensor &vec, const std::vector<torch::Tensor> &tables,
+                              const std::vector<torch::Tensor> &table_grad);
   torch::Tensor layer_uncertainty(const torch::Tensor &z_last);
   void exchange_idle();
   torch::Tensor exchange_features(const torch::Tensor &z_local);

@@ -25,14 +25,15 @@ using ekd::first_line;
 using ekd::shape_of;
 
 /* ----------------------------------------------------------------------
-   call_layers: CONTRACT.md §2b. Forward: s = edge_features(edge vectors), then for t = 0 .. L-1
-     (z^{t+1} of local nodes, energy terms) = layer(t, z^t of all nodes, s, ...);
+   call_layers: CONTRACT.md §2b. Forward: the edge tables of edge_features_apart (the network's
+     features and the edge lengths; older files: the one table of edge_features), then for
+     t = 0 .. L-1 (z^{t+1} of local nodes, energy terms) = layer(t, z^t of all nodes, tables, ...);
      z^{t+1} of ghost nodes arrives from their owners (forward comm).
    Backward, t = L-1 .. 0, by autograd through each layer's graph:
-     d/d(s, z^t) of [ sum energy_t + <z^{t+1}, g^{t+1}> ];
+     d/d(tables, z^t) of [ sum energy_t + <z^{t+1}, g^{t+1}> ];
      g^t = dE/dz^t of local nodes = own rows + ghost rows summed on their owners (reverse comm);
-   at last dE/d(edge vectors) from dE/ds through edge_features. With the model's own uncertainty
-   requested: atom_uncertainty(z^L of the local nodes), the last layer's features.
+   at last dE/d(edge vectors) from dE/d(tables) through edge_features. With the model's own
+   uncertainty requested: atom_uncertainty(z^L of the local nodes), the last layer's features.
 ------------------------------------------------------------------------- */
 
 void PairEKD::call_layers(bool with_uncertainty)
@@ -46,21 +47,19 @@ void PairEKD::call_layers(bool with_uncertainty)
   torch::AutoGradMode grad_on(true);
   torch::jit::GraphOptimizerEnabledGuard optimize(jit_optimize);
   torch::Tensor vec = t_vec.detach().requires_grad_(true);
-  torch::Tensor features, s;    // s: the edge features as a leaf, so each layer's backward stops there
-  try {
-    features = model.module.get_method("edge_features")({vec}).toTensor();
-  } catch (const std::exception &e) {
-    error->one(FLERR, "pair_style ekd: edge_features of the model {} failed on {} edges: {}", model_file,
-               graph.receivers.size(), first_line(e.what()));
-  }
-  s = features.detach().requires_grad_(true);
+  const std::vector<torch::Tensor> tables = edge_tables(vec);
+  std::vector<torch::Tensor> leaves;    // the tables as leaves, so each layer's backward stops there
+  for (const auto &table : tables) leaves.push_back(table.detach().requires_grad_(true));
+
   std::vector<torch::Tensor> z_in(n_layers), z_out(n_layers), energy(n_layers);
   torch::Tensor z = torch::zeros({static_cast<int64_t>(graph.species.size()), 0}, float_opts);
-  auto layer = model.module.get_method("layer");
+  auto layer = model.module.get_method(model.has_layer_apart ? "layer_apart" : "layer");
   for (int t = 0; t < n_layers; ++t) {
     z_in[t] = t > 0 ? z.requires_grad_(true) : z;
+    std::vector<c10::IValue> args{static_cast<int64_t>(t), z_in[t], leaves[0], t_recv, t_send, t_species, nlocal};
+    if (model.has_layer_apart) args.push_back(leaves[1]);
     try {
-      c10::IValue result = layer({static_cast<int64_t>(t), z_in[t], s, t_recv, t_send, t_species, nlocal});
+      c10::IValue result = layer(args);
       const auto &out = result.toTupleRef().elements();
       z_out[t] = out[0].toTensor();
       energy[t] = out[1].toTensor();
@@ -84,7 +83,8 @@ void PairEKD::call_layers(bool with_uncertainty)
   atom_energy_out = atom_energy.to(torch::kCPU, torch::kFloat64).contiguous();
   model_energy = atom_energy_out.sum().item<double>();
 
-  torch::Tensor feature_grad = torch::zeros_like(s);
+  // dE/d(table), summed over the layers; undefined while no layer has read that table
+  std::vector<torch::Tensor> table_grad(leaves.size());
   torch::Tensor g;    // dE/dz^{t+1} of the local nodes
   for (int t = n_layers - 1; t >= 0; --t) {
     std::vector<torch::Tensor> outputs{energy[t]}, seeds{torch::ones_like(energy[t])};
@@ -92,7 +92,7 @@ void PairEKD::call_layers(bool with_uncertainty)
       outputs.push_back(z_out[t]);
       seeds.push_back(g);
     }
-    std::vector<torch::Tensor> wrt{s};
+    std::vector<torch::Tensor> wrt(leaves);
     if (t > 0) wrt.push_back(z_in[t]);
     std::vector<torch::Tensor> grads;
     try {
@@ -102,15 +102,49 @@ void PairEKD::call_layers(bool with_uncertainty)
       error->one(FLERR, "pair_style ekd: the gradient of layer {} of the model {} failed: {}", t,
                  model_file, first_line(e.what()));
     }
-    if (grads[0].defined()) feature_grad = feature_grad + grads[0];
-    if (t > 0) g = exchange_gradients(grads[1].defined() ? grads[1] : torch::zeros_like(z_in[t]));
+    for (size_t k = 0; k < leaves.size(); ++k)
+      if (grads[k].defined()) table_grad[k] = table_grad[k].defined() ? table_grad[k] + grads[k] : grads[k];
+    if (t > 0) {
+      const torch::Tensor &z_grad = grads[leaves.size()];
+      g = exchange_gradients(z_grad.defined() ? z_grad : torch::zeros_like(z_in[t]));
+    }
   }
-  torch::Tensor edge_grad = torch::zeros_like(t_vec);
-  if (features.requires_grad()) {    // no edges: nothing depends on the edge vectors
-    auto grads = torch::autograd::grad({features}, {vec}, {feature_grad}, false, false, true);
-    if (grads[0].defined()) edge_grad = grads[0];
+  edge_grad_out = edge_gradient(vec, tables, table_grad).to(torch::kCPU).contiguous();    // model dtype
+}
+
+// the edge tables the layers read, from edge_features_apart (the network's features, the edge
+// lengths) or, in files without it, edge_features (one table: both side by side, which each
+// layer would split and its gradient assemble again: a third of a step on two ranks)
+std::vector<torch::Tensor> PairEKD::edge_tables(const torch::Tensor &vec)
+{
+  try {
+    if (!model.has_layer_apart) return {model.module.get_method("edge_features")({vec}).toTensor()};
+    const auto result = model.module.get_method("edge_features_apart")({vec});
+    const auto &out = result.toTupleRef().elements();
+    return {out[0].toTensor(), out[1].toTensor()};
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style ekd: {} of the model {} failed on {} edges: {}",
+               model.has_layer_apart ? "edge_features_apart" : "edge_features", model_file,
+               graph.receivers.size(), first_line(e.what()));
   }
-  edge_grad_out = edge_grad.to(torch::kCPU).contiguous();    // model dtype: write_back reads either
+  return {};
+}
+
+// dE/d(edge vectors) from the gradients of the edge tables (zero where no table depends on them)
+torch::Tensor PairEKD::edge_gradient(const torch::Tensor &vec, const std::vector<torch::Tensor> &tables,
+                                     const std::vector<torch::Tensor> &table_grad)
+{
+  std::vector<torch::Tensor> outputs, seeds;
+  for (size_t k = 0; k < tables.size(); ++k)
+    if (table_grad[k].defined() && tables[k].requires_grad()) {    // no edges: nothing depends on them
+      outputs.push_back(tables[k]);
+      seeds.push_back(table_grad[k]);
+    }
+  if (!outputs.empty()) {
+    auto grads = torch::autograd::grad(outputs, {vec}, seeds, false, false, true);
+    if (grads[0].defined()) return grads[0];
+  }
+  return torch::zeros_like(vec);
 }
 
 /* ----------------------------------------------------------------------

@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="exported model (.pt)")
     parser.add_argument("--data", type=Path, required=True, help="molecules for the box (any file ase.io reads)")
     parser.add_argument("--size", type=int, default=8000, help="approximate atoms per run (default 8000)")
+    parser.add_argument("--density", type=float, default=0.9,
+                        help="mass density of the box, g/cm³ (default 0.9, as python -m ekd.bench)")
     parser.add_argument("--steps", type=int, default=20, help="timed MD steps (default 20)")
     parser.add_argument("--trials", type=int, default=3, help="alone/pair trials (default 3)")
     parser.add_argument("--out", type=Path, default=Path("parallel_ceiling"), help="work folder")
@@ -35,7 +37,7 @@ def main() -> None:
 
     molecules = read(args.data, index=":")
     atoms_per_set = sum(len(m) for m in molecules)
-    atoms = box_of_size(base_box(molecules, copies=max(1, 120 // atoms_per_set), density=0.9), args.size)
+    atoms = box_of_size(base_box(molecules, copies=max(1, 120 // atoms_per_set), density=args.density), args.size)
     elements = sorted(set(atoms.get_chemical_symbols()), key=lambda s: atomic_numbers[s])
     print(f"{len(atoms)} atoms per run, {args.steps} timed steps")
     for trial in range(args.trials):

@@ -12,6 +12,8 @@ from ase import Atoms
 
 from ekd.calculator import EKDCalculator
 from ekd.export import export_model, read_metadata
+from ekd.export.compile import load_for_export
+from ekd.export.module import DeployedLayers
 from ekd.md.lammps_driver import last_run, read_dump, read_thermo, relaxation_lines, write_data
 from tests.lammps.conftest import random_checkpoint, with_metadata
 from tests.lammps.lmp import EV_TO_KCAL_MOL, deck, read_result, run_lammps
@@ -145,6 +147,33 @@ def test_multi_rank_equals_single_rank(tmp_path: Path, models: dict, box: Atoms,
     assert relative(many.forces, single.forces) <= tol
     assert relative(many.atom_energy, single.atom_energy) <= tol
     assert relative(many.virial, single.virial) <= tol
+
+
+class EarlierLayers(DeployedLayers):
+    """The §2b methods of files exported before 2026-12-02: `edge_features` and `layer` only,
+    the edge lengths a last column of the one edge table (this override is not exported)."""
+
+    def edge_features_apart(self, edge_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.network_edge_features(edge_vectors)
+
+
+def test_earlier_layered_files_still_exchange(tmp_path: Path, tiny_run: Path, models: dict, box: Atoms) -> None:
+    """A file without edge_features_apart() / layer_apart() (exported before 2026-12-02) takes
+    the pair style's earlier layer path on several ranks: the same numbers as one rank, and as
+    today's file of the same checkpoint."""
+    model, _, _ = load_for_export([tiny_run / "teachers/teacher_0/checkpoint.pt"], torch.float64)
+    scripted = torch.jit.script(EarlierLayers(model))
+    assert not hasattr(scripted, "edge_features_apart")
+    earlier = with_metadata(models["teacher_float64"], tmp_path / "earlier.pt", module=scripted)
+    type_of = {s: k + 1 for k, s in enumerate(read_metadata(earlier).elements)}
+    one = lammps_on(tmp_path / "one", earlier, box, type_of)
+    two = lammps_on(tmp_path / "two", earlier, box, type_of, ranks=2)
+    today = lammps_on(tmp_path / "today", models["teacher_float64"], box, type_of, ranks=2)
+    assert "exchange the features of 1 layer(s)" in two.log
+    for got in (two, today):
+        assert abs(got.energy - one.energy) <= 1e-10 * abs(one.energy)
+        assert relative(got.forces, one.forces) <= 1e-10
+        assert relative(got.virial, one.virial) <= 1e-10
 
 
 @pytest.mark.parametrize("model, ranks", [("student_float64", 1), ("student_float32", 1), ("teacher_float64", 2),
