@@ -37,7 +37,8 @@ constexpr double kMaxCutoff = 30.0;    // Angstrom; export/metadata.py has the s
 EKDModel::EKDModel(LAMMPS *lmp) :
     Pointers(lmp), device(torch::kCPU), loaded(false), dtype(torch::kFloat64), cutoff(0.0),
     receptive_field(0.0), min_distance(0.0), num_interactions(1), members(1), atom_uncertainty(false),
-    uncertainty_scale(1.0), has_blocks(false), has_layer_apart(false), file_whole_edges(INT64_MAX), whole_edges(INT64_MAX), block_edges(0)
+    uncertainty_scale(1.0), has_blocks(false), has_layer_apart(false), file_whole_edges(INT64_MAX),
+    whole_edges(INT64_MAX), block_edges(0)
 {
 }
 
