@@ -345,6 +345,9 @@ void PairEKD::init_style()
   if (exchange && comm->me == 0 && !exchange_message_printed) {
     utils::logmesg(lmp, "ekd: {} ranks exchange the features of {} layer(s) (ghost cutoff: one model "
                    "cutoff + skin)\n", comm->nprocs, model.exchange_widths.size());
+    if (!model.has_layer_apart)    // CONTRACT.md §2b: files exported before 2026-12-02
+      utils::logmesg(lmp, "ekd: {} has no edge_features_apart(): its layers split one edge table on every "
+                     "step (about 1.2x slower on two ranks); re-export it with python -m ekd.export\n", model_file);
     exchange_message_printed = true;
   }
 

@@ -170,6 +170,8 @@ def test_earlier_layered_files_still_exchange(tmp_path: Path, tiny_run: Path, mo
     two = lammps_on(tmp_path / "two", earlier, box, type_of, ranks=2)
     today = lammps_on(tmp_path / "today", models["teacher_float64"], box, type_of, ranks=2)
     assert "exchange the features of 1 layer(s)" in two.log
+    assert "has no edge_features_apart(): its layers split one edge table" in two.log
+    assert "edge_features_apart" not in today.log
     for got in (two, today):
         assert abs(got.energy - one.energy) <= 1e-10 * abs(one.energy)
         assert relative(got.forces, one.forces) <= 1e-10
