@@ -7,7 +7,8 @@ in place first: `PYTHONPATH=CHECKOUT/python python -m ekd.plugin build` in that 
 child builds the demo student (`[student]` defaults of that checkout) for the embedded CCSD(T)
 data, takes a fixed random sample of its conformations, gives every atom fixed pseudo-random
 force, atomic-energy and spread labels (their values do not change the work of a step), and
-times `Trainer` epochs of `--steps` batches of 32 with `time.thread_time` on one thread; each child reports the median step of `--epochs` epochs.
+times `Trainer` epochs of `--steps` batches of 32 with `time.thread_time` on one thread; each
+child reports the median step of `--epochs` epochs.
 
     python examples/bench/training_ab.py --a /tmp/before --b /tmp/after --repeats 3
 
