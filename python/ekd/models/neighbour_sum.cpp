@@ -26,19 +26,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_features.h"
+
 namespace ekd_kernels {
-namespace generic {
-#include "neighbour_sum_kernels.h"
-}
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EKD_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#include "neighbour_sum_kernels.h"
-}
-#pragma GCC pop_options
-#endif
+#define EKD_KERNELS "neighbour_sum_kernels.h"
+#include "compile_twice.h"
 }  // namespace ekd_kernels
 
 namespace {
@@ -55,19 +47,10 @@ struct Graph {
 
 // ---- dispatch: instruction set and vectors per chunk ------------------------------------------
 
-bool use_avx2() {
-#ifdef EKD_AVX2
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-#else
-  return false;
-#endif
-}
-
 // KERNEL<T, K>(...) in the AVX2 build where the CPU has it, else in the generic one
 #ifdef EKD_AVX2
 #define EKD_CALL(KERNEL, T, K, ...) \
-  (use_avx2() ? kernels::avx2::KERNEL<T, K>(__VA_ARGS__) : kernels::generic::KERNEL<T, K>(__VA_ARGS__))
+  (ekd_cpu::has_avx2() ? kernels::avx2::KERNEL<T, K>(__VA_ARGS__) : kernels::generic::KERNEL<T, K>(__VA_ARGS__))
 #else
 #define EKD_CALL(KERNEL, T, K, ...) kernels::generic::KERNEL<T, K>(__VA_ARGS__)
 #endif

@@ -8,13 +8,14 @@
 // with the coefficients (a, b, c, d) = coefficients[0..3, v] computed in Python from the
 // trainable centres and widths (radial.py). Written with stock operators this is a dozen passes
 // over the (edges x sensitivities) table forward and as many backward; here the forward writes
-// x once (then exp in place, vectorised by ATen) and the backward reads g and s once, recomputing
-// x per edge, to give the gradient with respect to r and to the coefficients.
+// x once (then exp in place, vectorised by ATen) and each edge's slope L'(r), and the backward
+// reads g, s and the slopes once to give the gradient with respect to r and to the coefficients.
+// The loops are in sensitivity_kernels.h.
 //
 // Second derivatives (training with a force loss differentiates the forces again): when the
 // backward is recorded (create_graph) and only the gradient with respect to r is wanted, as for
 // forces, it is itself an operator (`SensitivitiesBackward`) whose backward is one more pass over
-// the edges, reading g, s and r once. Third derivatives, and a recorded gradient with respect to
+// the edges, reading g, s, r and the slopes once. Third derivatives, and a recorded gradient with respect to
 // the coefficients, re-evaluate the formula with ATen operators and differentiate that.
 
 #include <torch/torch.h>
@@ -26,45 +27,38 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu_features.h"
+
+constexpr double kFloor = -60.0;     // exponent floor: exp(-60) = 8.8e-27, still a normal float32
+constexpr double kOutside = -1.0e4;  // L(r) beyond the cutoff: far below the floor
+
+namespace ekd_sensitivity_kernels {
+#define EKD_KERNELS "sensitivity_kernels.h"
+#include "compile_twice.h"
+}  // namespace ekd_sensitivity_kernels
+
+// KERNEL<T>(...) in the AVX2 build where the CPU has it, else in the generic one
+#ifdef EKD_AVX2
+#define EKD_SENSITIVITY_CALL(KERNEL, T, ...)                                       \
+  (ekd_cpu::has_avx2() ? ekd_sensitivity_kernels::avx2::KERNEL<T>(__VA_ARGS__) \
+                       : ekd_sensitivity_kernels::generic::KERNEL<T>(__VA_ARGS__))
+#else
+#define EKD_SENSITIVITY_CALL(KERNEL, T, ...) ekd_sensitivity_kernels::generic::KERNEL<T>(__VA_ARGS__)
+#endif
+
 namespace {
 
 using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr double kFloor = -60.0;     // exponent floor: exp(-60) = 8.8e-27, still a normal float32
-constexpr double kOutside = -1.0e4;  // L(r) beyond the cutoff: far below the floor
-constexpr int64_t kGrain = 256;      // edges per task when threads share the work
+constexpr int64_t kGrain = 256;  // edges per task when threads share the work
 
-// u, and of L(r) what a pass needs: its value (the forward; the coefficients' gradients) and/or its
-// first two derivatives (the gradients in r). Each costs calls to cos, log or tan per edge, which
-// took most of the passes over the edges when every pass made all three (profiled 2026-12-02:
-// the backward was 28 ms of a 127 ms force call, 7,488 ethanol atoms, one thread)
+// the exponent was clamped (no slope) where s is exp(-60); the threshold sits just above it,
+// dropping slopes of exponents within 1e-6 of the floor too (contributions below 1e-32)
 template <typename T>
-struct EdgeTerms {
-  T u, log_cut = T(0), log_cut_slope = T(0), log_cut_curvature = T(0);
-  EdgeTerms(T r, T m, T cutoff, bool value, bool slopes) {
-    u = T(1) / r - m;
-    if (r >= cutoff) {
-      log_cut = T(kOutside);
-      return;
-    }
-    const T theta = T(0.5 * M_PI) * r / cutoff;
-    if (value) {
-      const T c = std::cos(theta);
-      log_cut = std::log(c * c);
-    }
-    if (slopes) {
-      const T tan = std::tan(theta);
-      log_cut_slope = -T(M_PI) / cutoff * tan;
-      log_cut_curvature = -T(0.5 * M_PI * M_PI) / (cutoff * cutoff) * (T(1) + tan * tan);
-    }
-  }
-};
-
-template <typename T>
-inline T exponent(const T* coef, int64_t V, int64_t v, const EdgeTerms<T>& t) {
-  return (coef[v] * t.u + coef[V + v]) * t.u + coef[2 * V + v] + coef[3 * V + v] * t.log_cut;
+T floor_sensitivity() {
+  return T(std::exp(kFloor) * (1.0 + 1e-6));
 }
 
 void check(const Tensor& r, const Tensor& coefficients) {
@@ -74,28 +68,32 @@ void check(const Tensor& r, const Tensor& coefficients) {
               "ekd::sensitivities: expects distances (E,) and coefficients (4, V) of one dtype, on the CPU");
 }
 
-Tensor sensitivities_cpu(const Tensor& r_in, const Tensor& coef_in, double m, double cutoff) {
+// s (E, V), and with `want_slope` L'(r) per edge (E,), which the backward passes read
+std::tuple<Tensor, Tensor> sensitivities_and_slopes(const Tensor& r_in, const Tensor& coef_in, double m, double cutoff,
+                                                    bool want_slope) {
   check(r_in, coef_in);
   const Tensor r = r_in.contiguous(), coef = coef_in.contiguous();
   const int64_t E = r.size(0), V = coef.size(1);
   Tensor out = torch::empty({E, V}, r.options());
+  Tensor slope = want_slope ? torch::empty({E}, r.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "ekd_sensitivities", [&] {
     const scalar_t *rp = r.data_ptr<scalar_t>(), *cp = coef.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
+    scalar_t *op = out.data_ptr<scalar_t>(), *sp = want_slope ? slope.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, E, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e) {
-        const EdgeTerms<scalar_t> t(rp[e], scalar_t(m), scalar_t(cutoff), true, false);
-        for (int64_t v = 0; v < V; ++v) op[e * V + v] = std::max(exponent(cp, V, v, t), scalar_t(kFloor));
-      }
+      EKD_SENSITIVITY_CALL(forward_rows, scalar_t, rp, cp, scalar_t(m), scalar_t(cutoff), V, op, sp, begin, end);
     });
   });
-  return out.exp_();
+  return {out.exp_(), slope};
+}
+
+Tensor sensitivities_cpu(const Tensor& r, const Tensor& coef, double m, double cutoff) {
+  return std::get<0>(sensitivities_and_slopes(r, coef, m, cutoff, false));
 }
 
 // gradients of sum(g * s) with respect to r (E,) and the coefficients (4, V)
 std::tuple<Tensor, Tensor> sensitivities_backward_cpu(const Tensor& g_in, const Tensor& s_in, const Tensor& r_in,
-                                                      const Tensor& coef_in, double m, double cutoff,
-                                                      bool want_coefficients) {
+                                                      const Tensor& slope, const Tensor& coef_in, double m,
+                                                      double cutoff, bool want_coefficients) {
   const Tensor g = g_in.contiguous(), s = s_in.contiguous(), r = r_in.contiguous(), coef = coef_in.contiguous();
   const int64_t E = r.size(0), V = coef.size(1);
   Tensor grad_r = torch::empty({E}, r.options());
@@ -103,34 +101,12 @@ std::tuple<Tensor, Tensor> sensitivities_backward_cpu(const Tensor& g_in, const 
   Tensor grad_coef = torch::zeros({threads, 4, want_coefficients ? V : 0}, r.options());
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "ekd_sensitivities_backward", [&] {
     const scalar_t *gp = g.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>(), *rp = r.data_ptr<scalar_t>(),
-                   *cp = coef.data_ptr<scalar_t>();
+                   *lp = slope.data_ptr<scalar_t>(), *cp = coef.data_ptr<scalar_t>();
     scalar_t *grp = grad_r.data_ptr<scalar_t>(), *gcp = grad_coef.data_ptr<scalar_t>();
-    // the exponent was clamped (no slope) where s is exp(-60); the threshold sits just above it,
-    // dropping slopes of exponents within 1e-6 of the floor too (contributions below 1e-32)
-    const scalar_t floor_s = scalar_t(std::exp(kFloor) * (1.0 + 1e-6));
     at::parallel_for(0, E, kGrain, [&](int64_t begin, int64_t end) {
       scalar_t* mine = want_coefficients ? gcp + std::min<int64_t>(at::get_thread_num(), threads - 1) * 4 * V : nullptr;
-      std::vector<scalar_t> w(V);
-      for (int64_t e = begin; e < end; ++e) {
-        const scalar_t re = rp[e];
-        const EdgeTerms<scalar_t> t(re, scalar_t(m), scalar_t(cutoff), want_coefficients, true);
-        const scalar_t du = -scalar_t(1) / (re * re), two_u_du = scalar_t(2) * t.u * du;
-        const scalar_t *ge = gp + e * V, *se = sp + e * V;
-        scalar_t sum = 0;
-        for (int64_t v = 0; v < V; ++v) {  // no branches: vectorised by the compiler
-          w[v] = se[v] > floor_s ? ge[v] * se[v] : scalar_t(0);
-          sum += w[v] * (cp[v] * two_u_du + cp[V + v] * du + cp[3 * V + v] * t.log_cut_slope);
-        }
-        grp[e] = sum;
-        if (mine != nullptr) {
-          for (int64_t v = 0; v < V; ++v) {
-            mine[v] += w[v] * t.u * t.u;
-            mine[V + v] += w[v] * t.u;
-            mine[2 * V + v] += w[v];
-            mine[3 * V + v] += w[v] * t.log_cut;
-          }
-        }
-      }
+      EKD_SENSITIVITY_CALL(backward_rows, scalar_t, gp, sp, rp, lp, cp, scalar_t(m), scalar_t(cutoff),
+                           floor_sensitivity<scalar_t>(), V, grp, mine, begin, end);
     });
   });
   return {grad_r, want_coefficients ? grad_coef.sum(0) : Tensor()};
@@ -143,8 +119,8 @@ std::tuple<Tensor, Tensor> sensitivities_backward_cpu(const Tensor& g_in, const 
 //   dg = h s x',  ds = h g x',  dr = h Σ_v g s x'',  dc_k = Σ_e h g s ∂x'/∂c_k,
 //   x' = (2a u + b) u' + d L',  x'' = 2a u'^2 + (2a u + b) u'' + d L'',  u' = -1/r^2, u'' = 2/r^3
 std::vector<Tensor> sensitivities_double_backward_cpu(const Tensor& h_in, const Tensor& g_in, const Tensor& s_in,
-                                                      const Tensor& r_in, const Tensor& coef_in, double m,
-                                                      double cutoff, std::array<bool, 4> want) {
+                                                      const Tensor& r_in, const Tensor& slope, const Tensor& coef_in,
+                                                      double m, double cutoff, std::array<bool, 4> want) {
   const Tensor h = h_in.contiguous(), g = g_in.contiguous(), s = s_in.contiguous(), r = r_in.contiguous(),
                coef = coef_in.contiguous();
   const int64_t E = r.size(0), V = coef.size(1);
@@ -155,41 +131,15 @@ std::vector<Tensor> sensitivities_double_backward_cpu(const Tensor& h_in, const 
   Tensor grad_coef = torch::zeros({threads, 4, want[3] ? V : 0}, r.options());
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "ekd_sensitivities_double_backward", [&] {
     const scalar_t *hp = h.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>(),
-                   *rp = r.data_ptr<scalar_t>(), *cp = coef.data_ptr<scalar_t>();
+                   *rp = r.data_ptr<scalar_t>(), *lp = slope.data_ptr<scalar_t>(), *cp = coef.data_ptr<scalar_t>();
     scalar_t* ggp = want[0] ? grad_g.data_ptr<scalar_t>() : nullptr;
     scalar_t* gsp = want[1] ? grad_s.data_ptr<scalar_t>() : nullptr;
     scalar_t* grp = want[2] ? grad_r.data_ptr<scalar_t>() : nullptr;
     scalar_t* gcp = grad_coef.data_ptr<scalar_t>();
-    const scalar_t floor_s = scalar_t(std::exp(kFloor) * (1.0 + 1e-6));  // as in the backward
     at::parallel_for(0, E, kGrain, [&](int64_t begin, int64_t end) {
       scalar_t* mine = want[3] ? gcp + std::min<int64_t>(at::get_thread_num(), threads - 1) * 4 * V : nullptr;
-      for (int64_t e = begin; e < end; ++e) {
-        const scalar_t re = rp[e], he = hp[e];
-        const EdgeTerms<scalar_t> t(re, scalar_t(m), scalar_t(cutoff), false, true);
-        const scalar_t du = -scalar_t(1) / (re * re), d2u = scalar_t(-2) * du / re;
-        const scalar_t *ge = gp + e * V, *se = sp + e * V;
-        scalar_t sum = 0;
-        for (int64_t v = 0; v < V; ++v) {  // no branches: vectorised by the compiler
-          const scalar_t live = se[v] > floor_s ? he : scalar_t(0);  // no slope where x was clamped
-          const scalar_t a = cp[v], b = cp[V + v], d = cp[3 * V + v];
-          const scalar_t slope = (scalar_t(2) * a * t.u + b) * du + d * t.log_cut_slope;
-          const scalar_t curvature = scalar_t(2) * a * du * du + (scalar_t(2) * a * t.u + b) * d2u +
-                                     d * t.log_cut_curvature;
-          if (ggp != nullptr) ggp[e * V + v] = live * se[v] * slope;
-          if (gsp != nullptr) gsp[e * V + v] = live * ge[v] * slope;
-          sum += live * ge[v] * se[v] * curvature;
-        }
-        if (grp != nullptr) grp[e] = sum;
-        if (mine != nullptr) {
-          const scalar_t two_u_du = scalar_t(2) * t.u * du;
-          for (int64_t v = 0; v < V; ++v) {
-            const scalar_t q = (se[v] > floor_s ? he : scalar_t(0)) * ge[v] * se[v];
-            mine[v] += q * two_u_du;
-            mine[V + v] += q * du;
-            mine[3 * V + v] += q * t.log_cut_slope;
-          }
-        }
-      }
+      EKD_SENSITIVITY_CALL(double_backward_rows, scalar_t, hp, gp, sp, rp, lp, cp, scalar_t(m), scalar_t(cutoff),
+                           floor_sensitivity<scalar_t>(), V, ggp, gsp, grp, mine, begin, end);
     });
   });
   return {grad_g, grad_s, grad_r, want[3] ? grad_coef.sum(0) : Tensor()};
@@ -206,19 +156,20 @@ Tensor sensitivities_composite(const Tensor& r, const Tensor& coef, double m, do
 }
 
 // grad_r of the backward as an operator of (g, s, r, coefficients), so that training with a force
-// loss differentiates it in one pass (`sensitivities_double_backward_cpu`)
+// loss differentiates it in one pass (`sensitivities_double_backward_cpu`); the slopes L'(r) are
+// a constant input, their dependence on r being part of that pass
 struct SensitivitiesBackward : torch::autograd::Function<SensitivitiesBackward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& g, const Tensor& s, const Tensor& r, const Tensor& coef,
-                        double m, double cutoff) {
-    ctx->save_for_backward({g, s, r, coef});
+                        const Tensor& slope, double m, double cutoff) {
+    ctx->save_for_backward({g, s, r, coef, slope});
     ctx->saved_data["m"] = m;
     ctx->saved_data["cutoff"] = cutoff;
-    return std::get<0>(sensitivities_backward_cpu(g, s, r, coef, m, cutoff, false));
+    return std::get<0>(sensitivities_backward_cpu(g, s, r, slope, coef, m, cutoff, false));
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     const auto saved = ctx->get_saved_variables();
-    const Tensor &g = saved[0], &s = saved[1], &r = saved[2], &coef = saved[3];
+    const Tensor &g = saved[0], &s = saved[1], &r = saved[2], &coef = saved[3], &slope = saved[4];
     const double m = ctx->saved_data["m"].toDouble(), cutoff = ctx->saved_data["cutoff"].toDouble();
     const Tensor h = grad[0].defined() ? grad[0] : torch::zeros_like(r);
     if (torch::GradMode::is_enabled()) {  // third derivatives: the composite formula, s recomputed from r
@@ -227,26 +178,22 @@ struct SensitivitiesBackward : torch::autograd::Function<SensitivitiesBackward> 
       std::vector<Tensor> inputs{g, r};
       if (ctx->needs_input_grad(3)) inputs.push_back(coef);
       const auto wanted = torch::autograd::grad({grad_r}, inputs, {h}, true, true, true);
-      return {wanted[0], Tensor(), wanted[1], ctx->needs_input_grad(3) ? wanted[2] : Tensor(), Tensor(), Tensor()};
+      return {wanted[0], Tensor(), wanted[1], ctx->needs_input_grad(3) ? wanted[2] : Tensor(), Tensor(), Tensor(),
+              Tensor()};
     }
     auto grads = sensitivities_double_backward_cpu(
-        h, g, s, r, coef, m, cutoff,
+        h, g, s, r, slope, coef, m, cutoff,
         {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2), ctx->needs_input_grad(3)});
-    return {grads[0], grads[1], grads[2], grads[3], Tensor(), Tensor()};
+    return {grads[0], grads[1], grads[2], grads[3], Tensor(), Tensor(), Tensor()};
   }
 };
 
 struct Sensitivities : torch::autograd::Function<Sensitivities> {
   static Tensor forward(AutogradContext* ctx, const Tensor& r, const Tensor& coef, double m, double cutoff) {
-    Tensor s;
-    {
-      at::AutoDispatchBelowADInplaceOrView below;
-      static const auto op = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("ekd::sensitivities", "")
-                                 .typed<Tensor(const Tensor&, const Tensor&, double, double)>();
-      s = op.call(r, coef, m, cutoff);
-    }
-    ctx->save_for_backward({r, coef, s});
+    // the slopes L'(r) too, for the backward, when anything is differentiated
+    const bool slopes = r.requires_grad() || coef.requires_grad();
+    auto [s, slope] = sensitivities_and_slopes(r, coef, m, cutoff, slopes);
+    ctx->save_for_backward({r, coef, s, slope});
     ctx->saved_data["m"] = m;
     ctx->saved_data["cutoff"] = cutoff;
     return s;
@@ -257,8 +204,8 @@ struct Sensitivities : torch::autograd::Function<Sensitivities> {
     const double m = ctx->saved_data["m"].toDouble(), cutoff = ctx->saved_data["cutoff"].toDouble();
     const bool want_r = ctx->needs_input_grad(0), want_coef = ctx->needs_input_grad(1);
     if (torch::GradMode::is_enabled() && want_r && !want_coef) {  // create_graph for forces
-      return {SensitivitiesBackward::apply(grad[0], saved[2], saved[0], saved[1], m, cutoff), Tensor(), Tensor(),
-              Tensor()};
+      return {SensitivitiesBackward::apply(grad[0], saved[2], saved[0], saved[1], saved[3], m, cutoff), Tensor(),
+              Tensor(), Tensor()};
     }
     if (torch::GradMode::is_enabled()) {  // create_graph, coefficients too: the composite formula
       std::vector<Tensor> inputs, wanted;
@@ -270,7 +217,8 @@ struct Sensitivities : torch::autograd::Function<Sensitivities> {
       Tensor grad_r = want_r ? wanted[0] : Tensor(), grad_coef = want_coef ? wanted[want_r ? 1 : 0] : Tensor();
       return {grad_r, grad_coef, Tensor(), Tensor()};
     }
-    auto [grad_r, grad_coef] = sensitivities_backward_cpu(grad[0], saved[2], saved[0], saved[1], m, cutoff, want_coef);
+    auto [grad_r, grad_coef] =
+        sensitivities_backward_cpu(grad[0], saved[2], saved[0], saved[3], saved[1], m, cutoff, want_coef);
     return {want_r ? grad_r : Tensor(), grad_coef, Tensor(), Tensor()};
   }
 };
