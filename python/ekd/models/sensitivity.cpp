@@ -8,9 +8,9 @@
 // with the coefficients (a, b, c, d) = coefficients[0..3, v] computed in Python from the
 // trainable centres and widths (radial.py). Written with stock operators this is a dozen passes
 // over the (edges x sensitivities) table forward and as many backward; here the forward writes
-// x once (then exp in place, vectorised by ATen) and each edge's slope L'(r), and the backward
-// reads g, s and the slopes once to give the gradient with respect to r and to the coefficients.
-// The loops are in sensitivity_kernels.h.
+// s once (x, then exp in place by ATen, block by block while in cache) and each edge's slope
+// L'(r), and the backward reads g, s and the slopes once to give the gradient with respect to r
+// and to the coefficients. The loops are in sensitivity_kernels.h.
 //
 // Second derivatives (training with a force loss differentiates the forces again): when the
 // backward is recorded (create_graph) and only the gradient with respect to r is wanted, as for
@@ -52,7 +52,8 @@ using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr int64_t kGrain = 256;  // edges per task when threads share the work
+constexpr int64_t kGrain = 256;       // edges per task when threads share the work
+constexpr int64_t kExpBlock = 2048;  // edges per block of the forward: 128 KB of float32 at V = 16
 
 // the exponent was clamped (no slope) where s is exp(-60); the threshold sits just above it,
 // dropping slopes of exponents within 1e-6 of the floor too (contributions below 1e-32)
@@ -80,10 +81,16 @@ std::tuple<Tensor, Tensor> sensitivities_and_slopes(const Tensor& r_in, const Te
     const scalar_t *rp = r.data_ptr<scalar_t>(), *cp = coef.data_ptr<scalar_t>();
     scalar_t *op = out.data_ptr<scalar_t>(), *sp = want_slope ? slope.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, E, kGrain, [&](int64_t begin, int64_t end) {
-      EKD_SENSITIVITY_CALL(forward_rows, scalar_t, rp, cp, scalar_t(m), scalar_t(cutoff), V, op, sp, begin, end);
+      // exp (ATen's, vectorised) block by block while the block is in cache: one pass over
+      // memory instead of three (exp over the whole table took 12 ms of a 165 ms force call)
+      for (int64_t start = begin; start < end; start += kExpBlock) {
+        const int64_t stop = std::min(start + kExpBlock, end);
+        EKD_SENSITIVITY_CALL(forward_rows, scalar_t, rp, cp, scalar_t(m), scalar_t(cutoff), V, op, sp, start, stop);
+        out.narrow(0, start, stop - start).exp_();
+      }
     });
   });
-  return {out.exp_(), slope};
+  return {out, slope};
 }
 
 Tensor sensitivities_cpu(const Tensor& r, const Tensor& coef, double m, double cutoff) {
