@@ -12,6 +12,7 @@ turns edge gradients into forces.
 from __future__ import annotations
 
 import pickletools
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch
 
 from ekd.errors import DataError, ModelFileError
 from ekd.models.io import CHECKPOINT_NAME
-from ekd.models.operators import fused_available
+from ekd.models.operators import LIBRARY, fused_available
 
 from .metadata import MAX_METADATA_BYTES, METADATA_NAME, Metadata
 
@@ -147,6 +148,10 @@ def load_exported(path: Path | str, device: str | torch.device = "cpu") -> Expor
         if not fused and "ekd::" in str(err):
             raise ModelFileError(f"{path}: this model calls ekd's fused operators (libekdops.so), which are not "
                                  "loaded: build them with python -m ekd.plugin build (or unset EKD_FUSED=0)") from None
+        unknown = re.search(r"Unknown builtin op: (ekd::\w+)", str(err))
+        if unknown:  # a file exported by a newer ekd than the library that is loaded
+            raise ModelFileError(f"{path}: this model calls {unknown.group(1)}, which the loaded libekdops.so "
+                                 f"({LIBRARY}) lacks: rebuild it with python -m ekd.plugin build") from None
         raise ModelFileError(f"{path}: not a TorchScript file ({type(err).__name__})") from None
     return ExportedModel(path, module, Metadata.from_json(extra[METADATA_NAME], path), torch.device(device))
 

@@ -72,7 +72,13 @@ void EKDModel::load(const std::string &file, const torch::Device &on)
   try {
     module = torch::jit::load(path, device, extra);
   } catch (const std::exception &e) {
-    unreadable(first_line(e.what()));
+    const std::string why = first_line(e.what());
+    if (why.find("Unknown builtin op: ekd::") != std::string::npos)  // exported by a newer ekd
+      error->all(FLERR,
+                 "pair_style ekd: {} calls an operator this plugin's libekdops.so lacks ({}): rebuild the "
+                 "plugin from the ekd that exported it (python -m ekd.plugin build)",
+                 path, why);
+    unreadable(why);
   }
   if (extra["ekd.json"].empty())
     error->all(FLERR,

@@ -14,6 +14,7 @@ namespace ekd {
 inline std::string first_line(const char *what)
 {
   std::string s(what ? what : "");
+  s.erase(0, s.find_first_not_of(" \t\r\n"));  // libtorch starts some messages with a newline
   auto nl = s.find('\n');
   if (nl != std::string::npos) s.resize(nl);
   for (char &c : s)    // torch quotes bytes of damaged files: messages stay valid UTF-8

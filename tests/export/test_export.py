@@ -12,7 +12,7 @@ import torch
 
 from ekd.config import load_config
 from ekd.errors import ModelFileError
-from ekd.export import METADATA_NAME, Metadata, graph_of, read_metadata, verify, deploy
+from ekd.export import METADATA_NAME, Metadata, deploy, graph_of, load_exported, read_metadata, verify
 from ekd.export.__main__ import main as export_main
 from ekd.models import load_model
 from ekd.models.operators import fused_available
@@ -227,3 +227,29 @@ def test_file_calling_ekd_operators_without_them_names_the_library(exported: dic
                           env={**os.environ, "EKD_FUSED": "0"}, timeout=300)
     assert done.returncode == 0, done.stderr
     assert str(path) in done.stdout and "libekdops.so" in done.stdout and "python -m ekd.plugin build" in done.stdout
+
+
+def with_renamed_operator(source: Path, path: Path, old: str, new: str) -> Path:
+    """A copy of an exported file whose TorchScript code calls torch.ops.ekd.`new` where it
+    called `old`: a file as a newer ekd with an operator `new` would write it."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(path, "w") as copy:
+        renamed = 0
+        for item in archive.infolist():
+            data = archive.read(item)
+            if item.filename.endswith(".py") and f"ops.ekd.{old}".encode() in data:
+                data, renamed = data.replace(f"ops.ekd.{old}".encode(), f"ops.ekd.{new}".encode()), renamed + 1
+            copy.writestr(item, data)
+    assert renamed > 0, f"{source} does not call ekd::{old}"
+    return path
+
+
+@pytest.mark.skipif(not fused_available(), reason="ekd's operators are not built")
+def test_file_calling_an_operator_the_library_lacks_says_rebuild(exported: dict, tmp_path: Path) -> None:
+    """A file exported by a newer ekd may call an operator an older libekdops.so lacks (as
+    ekd::edge_lengths, 2026-12-02): loading it names the operator and says to rebuild."""
+    path = with_renamed_operator(exported["teacher_0_float32"], tmp_path / "newer.pt", "edge_lengths", "edge_lengthz")
+    with pytest.raises(ModelFileError, match="calls ekd::edge_lengthz, which the loaded libekdops.so .* lacks: "
+                                             "rebuild it with python -m ekd.plugin build"):
+        load_exported(path)

@@ -15,6 +15,7 @@ from ekd.export import export_model, read_metadata
 from ekd.export.compile import load_for_export
 from ekd.export.module import DeployedLayers
 from ekd.md.lammps_driver import last_run, read_dump, read_thermo, relaxation_lines, write_data
+from tests.export.test_export import with_renamed_operator
 from tests.lammps.conftest import random_checkpoint, with_metadata
 from tests.lammps.lmp import EV_TO_KCAL_MOL, deck, read_result, run_lammps
 
@@ -320,6 +321,8 @@ write_dump all custom final.dump id x y z modify sort id format float %.17g
     ("bad_keyword", "unknown keyword 'colour'"),
     ("bad_heap", "keyword 'heap' needs a value: keep or system"),
     ("newer_format", "newer.pt has format_version 99 but this plugin reads format_version 3 at most"),
+    ("newer_operator", "newer.pt calls an operator this plugin's libekdops.so lacks .Unknown builtin op: "
+                       "ekd::edge_lengthz.*: rebuild the plugin from the ekd that exported it"),
     ("bad_exchange", "keyword 'exchange' needs a value: yes or no"),
     ("bad_blocks", "keyword 'blocks' needs a value: auto .the file's choice., yes or no"),
     ("blocks_without_methods", "'blocks yes' but .*hipnn1_float64.pt cannot be evaluated in blocks"),
@@ -363,6 +366,8 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path, models: dict, box: Atoms,
         model, style_extra = str(models["hipnn1_float64"]), " blocks yes"
     elif case == "newer_format":
         model = with_metadata(path, tmp_path / "newer.pt", format_version=99)
+    elif case == "newer_operator":  # as a newer ekd with an operator edge_lengthz would export it
+        model = str(with_renamed_operator(path, tmp_path / "newer.pt", "edge_lengths", "edge_lengthz"))
     elif case == "exchange_count":  # the 2-layer student exchanges one layer's features
         model = with_metadata(path, tmp_path / "odd.pt", exchange_features=[8, 8])
     elif case == "exchange_fraction":

@@ -1,5 +1,5 @@
-"""ekd's own operators (models/neighbour_sum.cpp, sensitivity.cpp) against the stock PyTorch
-path they replace: the same energies, forces and force-loss gradients (second derivatives) of
+"""ekd's own operators (models/neighbour_sum.cpp, sensitivity.cpp, edge_length.cpp) against
+the stock PyTorch path they replace: the same energies, forces and force-loss gradients (second derivatives) of
 whole HIP-NN models, in float64 to 1e-12 and float32 to 1e-5 relative; their derivatives by
 finite differences; and their refusal of malformed graphs."""
 
@@ -12,7 +12,7 @@ import torch
 
 from ekd.models.neighbour_sum import FusedSum, PaddedSum
 from ekd.models.operators import fused_available
-from ekd.models.radial import FusedExponentials, StockExponentials
+from ekd.models.radial import FusedExponentials, FusedLengths, StockExponentials, StockLengths
 from tests.models.test_hipnn import all_edges, make_model, molecule
 
 pytestmark = pytest.mark.skipif(not fused_available(), reason="ekd's operators are not built (python -m ekd.plugin build)")
@@ -23,6 +23,7 @@ def stock_copy(model):
     stock = copy.deepcopy(model)
     stock.neighbour_sum = PaddedSum()
     stock.sensitivity.exponentials = StockExponentials()
+    stock.lengths = StockLengths()
     return stock
 
 
@@ -45,6 +46,7 @@ def test_fused_model_equals_stock(dtype: torch.dtype, tolerance: float, n_intera
     """Shuffled edges (not in receiver order) and pruned rows (only 12 energies wanted) included."""
     model = make_model(dtype, n_interactions=n_interactions)
     assert isinstance(model.neighbour_sum, FusedSum) and isinstance(model.sensitivity.exponentials, FusedExponentials)
+    assert isinstance(model.lengths, FusedLengths)
     species, x = molecule(dtype, n=30, seed=3)
     receivers, senders = all_edges(x, model.cutoff)
     if shuffle:
@@ -143,6 +145,30 @@ def test_sensitivities_force_training_derivatives() -> None:
         assert (a - b).abs().max() <= 1e-12 * b.abs().max()
     assert torch.autograd.gradcheck(slope, (r, coefficients, upstream))
     assert torch.autograd.gradgradcheck(slope, (r, coefficients, upstream))
+
+def test_edge_lengths_against_vector_norm_and_by_finite_differences() -> None:
+    """Lengths equal vector_norm's (float64 to 1e-15, float32 to 1e-7 relative), as do their
+    gradients, a zero-length edge's gradient is 0 as vector_norm's, and the first and second
+    derivatives (force-loss training) pass finite differences."""
+    g = torch.Generator().manual_seed(5)
+    vectors = torch.randn(40, 3, dtype=torch.float64, generator=g) * 2.0
+    vectors[7] = 0.0
+    upstream = torch.randn(40, dtype=torch.float64, generator=g)
+    for dtype, rtol in ((torch.float64, 1e-15), (torch.float32, 1e-7)):
+        fused_v = vectors.to(dtype).requires_grad_(True)
+        stock_v = vectors.to(dtype).requires_grad_(True)
+        fused, stock = FusedLengths()(fused_v), StockLengths()(stock_v)
+        torch.testing.assert_close(fused, stock, rtol=rtol, atol=0)
+        fused_grad, = torch.autograd.grad(fused, fused_v, upstream.to(dtype))
+        stock_grad, = torch.autograd.grad(stock, stock_v, upstream.to(dtype))
+        torch.testing.assert_close(fused_grad, stock_grad, rtol=4 * rtol, atol=0)
+        assert fused_grad[7].abs().max() == 0
+    nonzero = vectors[vectors.norm(dim=1) > 0].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(torch.ops.ekd.edge_lengths, (nonzero,))
+    assert torch.autograd.gradgradcheck(torch.ops.ekd.edge_lengths, (nonzero,))
+    with pytest.raises(RuntimeError, match="expects floating-point edge vectors \\(E, 3\\)"):
+        torch.ops.ekd.edge_lengths(torch.ones(4, 2))
+
 
 def test_malformed_graphs_are_refused() -> None:
     receivers, senders = torch.tensor([0, 1, 2]), torch.tensor([1, 7, 0])

@@ -24,7 +24,7 @@ from torch import nn
 from .graph import rows_per_layer
 from .neighbour_sum import neighbour_sum
 from .potential import Potential
-from .radial import InverseGaussianSensitivity
+from .radial import InverseGaussianSensitivity, edge_lengths
 
 ACTIVATIONS = {"softplus": nn.Softplus, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -155,6 +155,7 @@ class HIPNN(Potential):
         config.check()
         super().__init__("hipnn", elements, config.cutoff, config.n_interactions)
         self.config = config
+        self.lengths = edge_lengths()  # fused (ekd's operators) or stock; no parameters
         self.sensitivity = InverseGaussianSensitivity(config.n_sensitivities, config.soft_min,
                                                       config.soft_max, config.cutoff)
         self.species_energy = nn.Linear(len(elements), 1, bias=False)
@@ -192,7 +193,7 @@ class HIPNN(Potential):
         """(N, terms) energy terms, and the last layer's features of the nodes it computes."""
         n_nodes = species.shape[0]
         z = self.initial_features(species, edge_vectors.dtype)
-        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        r = self.lengths(edge_vectors)
         terms = [self.species_energy(z).squeeze(-1) + self.core_repulsion(r, receivers, senders, species, n_nodes)]
         # only nodes [0, rows[t]) are read later (all of them but on several MPI ranks)
         rows = rows_per_layer(receivers, senders, n_nodes, len(self.blocks), n_energy)
@@ -238,7 +239,7 @@ class HIPNN(Potential):
 
     def network_edge_features(self, edge_vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The (E, ν) sensitivities and (E,) lengths of the edges, apart."""
-        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        r = self.lengths(edge_vectors)
         return self.sensitivity(r), r
 
     def layer(self, t: int, z: torch.Tensor, sensitivity: torch.Tensor, receivers: torch.Tensor,

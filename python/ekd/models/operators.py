@@ -1,5 +1,5 @@
 """ekd's own operators: `torch.ops.ekd.*`, C++ in `neighbour_sum.cpp` (HIP-NN's neighbour
-sums) and `sensitivity.cpp` (its distance sensitivities), built into `lib/libekdops.so` by
+sums), `sensitivity.cpp` (its distance sensitivities) and `edge_length.cpp`, built into `lib/libekdops.so` by
 `python -m ekd.plugin build`. A HIP-NN made while they are loaded uses them on the CPU (forward,
 forces and the second derivatives of force-loss training), and its exported files call them:
 the pair style links the library and `ekd.export.load_exported` loads it. Without the library
@@ -42,6 +42,6 @@ def _registered() -> bool:
 def uses_ekd_operators(model: torch.nn.Module) -> bool:
     """True if `model` calls ekd's operators (its exported files need them: format version 3)."""
     from .neighbour_sum import FusedSum  # here, not at the top: those modules import this one
-    from .radial import FusedExponentials
+    from .radial import FusedExponentials, FusedLengths
 
-    return any(isinstance(m, (FusedSum, FusedExponentials)) for m in model.modules())
+    return any(isinstance(m, (FusedSum, FusedExponentials, FusedLengths)) for m in model.modules())

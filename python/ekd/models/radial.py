@@ -1,4 +1,5 @@
-"""Distance features: the smooth cutoff and HIP-NN's inverse-distance Gaussian sensitivities."""
+"""Distance features: edge lengths, the smooth cutoff and HIP-NN's inverse-distance Gaussian
+sensitivities."""
 
 from __future__ import annotations
 
@@ -79,3 +80,29 @@ class FusedExponentials(nn.Module):
         if r.device.type != "cpu":
             return self.stock(r, coefficients, m, cutoff)
         return torch.ops.ekd.sensitivities(r, coefficients, float(m), cutoff)
+
+
+class StockLengths(nn.Module):
+    """|v| of (E, 3) edge vectors with `torch.linalg.vector_norm` (any device)."""
+
+    def forward(self, edge_vectors: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(edge_vectors, dim=-1)
+
+
+class FusedLengths(nn.Module):
+    """The same with ekd's operator `edge_lengths` (`edge_length.cpp`: one pass over the edges
+    forward and one backward) on the CPU; elsewhere `StockLengths`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stock = StockLengths()
+
+    def forward(self, edge_vectors: torch.Tensor) -> torch.Tensor:
+        if edge_vectors.device.type != "cpu":
+            return self.stock(edge_vectors)
+        return torch.ops.ekd.edge_lengths(edge_vectors)
+
+
+def edge_lengths() -> nn.Module:
+    """The edge-length module a new model uses: fused when ekd's operators are loaded."""
+    return FusedLengths() if fused_available() else StockLengths()
