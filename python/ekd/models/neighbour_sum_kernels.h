@@ -80,7 +80,36 @@ void edge_contraction_rows(const T* g, const T* z, const int64_t* row_ptr, const
     const T* gi = g + i * V * F;
     for (int64_t v = 0; v < V; ++v)
       for (int64_t f = 0; f < F; ++f) gt[f * Vp + v] = gi[v * F + f];
-    for (int64_t e = row_ptr[i]; e < row_ptr[i + 1]; ++e) {
+    int64_t e = row_ptr[i];
+    // four edges at a time: each vector of gt, loaded once, serves four edges (loads, not
+    // multiply-adds, bound this loop: one load per multiply-add edge by edge)
+    for (; e + 3 < row_ptr[i + 1]; e += 4) {
+      const T *z0 = z + senders[e] * F, *z1 = z + senders[e + 1] * F, *z2 = z + senders[e + 2] * F,
+              *z3 = z + senders[e + 3] * F;
+      vec a0[K] = {}, a1[K] = {}, a2[K] = {}, a3[K] = {};
+      for (int64_t f = 0; f < F; ++f) {
+        const T x0 = z0[f], x1 = z1[f], x2 = z2[f], x3 = z3[f];
+#pragma GCC unroll 4
+        for (int k = 0; k < K; ++k) {
+          const vec gk = S::load(gt + f * Vp + k * S::lanes);
+          a0[k] += x0 * gk;
+          a1[k] += x1 * gk;
+          a2[k] += x2 * gk;
+          a3[k] += x3 * gk;
+        }
+      }
+      T sums[4][Vp];
+#pragma GCC unroll 4
+      for (int k = 0; k < K; ++k) {
+        S::store(sums[0] + k * S::lanes, a0[k]);
+        S::store(sums[1] + k * S::lanes, a1[k]);
+        S::store(sums[2] + k * S::lanes, a2[k]);
+        S::store(sums[3] + k * S::lanes, a3[k]);
+      }
+      for (int q = 0; q < 4; ++q)
+        for (int64_t v = 0; v < V; ++v) out[(e + q) * V + v] = sums[q][v];
+    }
+    for (; e < row_ptr[i + 1]; ++e) {
       const T* zj = z + senders[e] * F;
       vec a0[K] = {}, a1[K] = {};
       int64_t f = 0;
@@ -115,7 +144,30 @@ void sender_sum_rows(const T* s, const T* g, const int64_t* row_ptr, const int64
   constexpr int64_t width = K * S::lanes;
   for (int64_t i = begin; i < end; ++i) {
     const T* gi = g + i * V * F;
-    for (int64_t e = row_ptr[i]; e < row_ptr[i + 1]; ++e) {
+    int64_t e = row_ptr[i];
+    // two edges at a time: each vector of g, loaded once, serves both (loads bound this loop)
+    for (; e + 1 < row_ptr[i + 1]; e += 2) {
+      const T *s0 = s + e * V, *s1 = s + (e + 1) * V;
+      T *o0 = out + senders[e] * F, *o1 = out + senders[e + 1] * F;
+      for (int64_t c = 0; c < F; c += width) {
+        vec a0[K] = {}, a1[K] = {};
+        for (int64_t v = 0; v < V; ++v) {
+          const T x0 = s0[v], x1 = s1[v];
+#pragma GCC unroll 4
+          for (int k = 0; k < K; ++k) {
+            const vec gk = S::load(gi + v * F + c + k * S::lanes);
+            a0[k] += x0 * gk;
+            a1[k] += x1 * gk;
+          }
+        }
+        // o0 first, then o1: the two edges may share a sender
+#pragma GCC unroll 4
+        for (int k = 0; k < K; ++k) S::store(o0 + c + k * S::lanes, S::load(o0 + c + k * S::lanes) + a0[k]);
+#pragma GCC unroll 4
+        for (int k = 0; k < K; ++k) S::store(o1 + c + k * S::lanes, S::load(o1 + c + k * S::lanes) + a1[k]);
+      }
+    }
+    for (; e < row_ptr[i + 1]; ++e) {
       const T* se = s + e * V;
       T* oj = out + senders[e] * F;
       for (int64_t c = 0; c < F; c += width) {
