@@ -98,6 +98,34 @@ def test_neighbour_sums_by_hand_and_by_finite_differences(features: int, sensiti
         assert torch.autograd.gradgradcheck(call, inputs)
 
 
+@pytest.mark.parametrize("n_species, sensitivities", [(4, 16), (3, 5)])
+def test_species_sums_by_hand_and_by_finite_differences(n_species: int, sensitivities: int) -> None:
+    """species_sum against its definition (the environment of one-hot features), species_gather
+    against indexing, both derivatives of each by finite differences, and sender species out of
+    range refused by name."""
+    n_nodes, n_rows = 12, 9
+    row_ptr, senders, receivers = random_graph(n_nodes, 60, n_rows, seed=n_species)
+    g = torch.Generator().manual_seed(3)
+    species = torch.randint(0, n_species, (n_nodes,), generator=g)
+    sender_species = species[senders]
+    s = torch.randn(len(senders), sensitivities, dtype=torch.float64, generator=g, requires_grad=True)
+    grad = torch.randn(n_rows, sensitivities, n_species, dtype=torch.float64, generator=g, requires_grad=True)
+    onehot = torch.nn.functional.one_hot(species, n_species).to(torch.float64)
+    by_hand = torch.ops.ekd.environment(s, onehot, row_ptr, senders, n_nodes)
+    graph = (sender_species, row_ptr, n_species)
+    assert torch.allclose(torch.ops.ekd.species_sum(s, *graph), by_hand, rtol=1e-14, atol=1e-14)
+    assert torch.equal(torch.ops.ekd.species_gather(grad, *graph), grad[receivers, :, sender_species])
+    for op, a in ((torch.ops.ekd.species_sum, s), (torch.ops.ekd.species_gather, grad)):
+        def call(a: torch.Tensor, op=op) -> torch.Tensor:
+            return op(a, *graph)
+        assert torch.autograd.gradcheck(call, (a,))
+        assert torch.autograd.gradgradcheck(call, (a,))
+    wrong = sender_species.clone()
+    wrong[5] = n_species
+    with pytest.raises(RuntimeError, match=f"ekd::species_sum: edge 5 has sender species {n_species}, outside"):
+        torch.ops.ekd.species_sum(s, wrong, row_ptr, n_species)
+
+
 def sensitivity_inputs(n_edges: int, n_sensitivities: int, g: torch.Generator):
     """Distances 0.8-5.8 Å (both sides of a 5 Å cutoff) and coefficients of Gaussians in 1/r,
     both requiring gradients (float64)."""

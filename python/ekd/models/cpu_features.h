@@ -18,3 +18,11 @@ inline bool has_avx2() {
 }
 
 }  // namespace ekd_cpu
+
+// EKD_DISPATCH(NS, kernel<T>(args...)): the call in NS::avx2 where the CPU has AVX2 + FMA (and
+// this build has it, compile_twice.h), else in NS::generic
+#ifdef EKD_AVX2
+#define EKD_DISPATCH(NS, ...) (ekd_cpu::has_avx2() ? NS::avx2::__VA_ARGS__ : NS::generic::__VA_ARGS__)
+#else
+#define EKD_DISPATCH(NS, ...) NS::generic::__VA_ARGS__
+#endif

@@ -47,13 +47,6 @@ struct Graph {
 
 // ---- dispatch: instruction set and vectors per chunk ------------------------------------------
 
-// KERNEL<T, K>(...) in the AVX2 build where the CPU has it, else in the generic one
-#ifdef EKD_AVX2
-#define EKD_CALL(KERNEL, T, K, ...) \
-  (ekd_cpu::has_avx2() ? kernels::avx2::KERNEL<T, K>(__VA_ARGS__) : kernels::generic::KERNEL<T, K>(__VA_ARGS__))
-#else
-#define EKD_CALL(KERNEL, T, K, ...) kernels::generic::KERNEL<T, K>(__VA_ARGS__)
-#endif
 
 // fn(std::integral_constant<int, K>) for K = k in 1..4
 template <typename Fn>
@@ -100,7 +93,8 @@ Tensor environment_cpu(const Tensor& s_in, const Tensor& z_in, const Tensor& row
     at::parallel_for(0, R, kGrain, [&](int64_t begin, int64_t end) {
       if (k == 0) return kernels::generic::environment_rows_plain(sp, zp, rp, snd, op, V, F, begin, end);
       with_chunk(k, [&](auto K) {
-        EKD_CALL(environment_rows, scalar_t, decltype(K)::value, sp, zp, rp, snd, op, V, F, begin, end);
+        constexpr int k_vectors = decltype(K)::value;
+        EKD_DISPATCH(kernels, environment_rows<scalar_t, k_vectors>(sp, zp, rp, snd, op, V, F, begin, end));
       });
     });
   });
@@ -126,7 +120,8 @@ Tensor edge_contraction_cpu(const Tensor& g_in, const Tensor& z_in, const Tensor
     at::parallel_for(0, R, kGrain, [&](int64_t begin, int64_t end) {
       if (k > 4) return kernels::generic::edge_contraction_rows_plain(gp, zp, rp, snd, op, V, F, begin, end);
       with_chunk(k, [&](auto K) {
-        EKD_CALL(edge_contraction_rows, scalar_t, decltype(K)::value, gp, zp, rp, snd, op, V, F, begin, end);
+        constexpr int k_vectors = decltype(K)::value;
+        EKD_DISPATCH(kernels, edge_contraction_rows<scalar_t, k_vectors>(gp, zp, rp, snd, op, V, F, begin, end));
       });
     });
   });
@@ -153,7 +148,8 @@ Tensor sender_sum_cpu(const Tensor& s_in, const Tensor& g_in, const Tensor& row_
       scalar_t* op = base + std::min<int64_t>(at::get_thread_num(), threads - 1) * n_senders * F;
       if (k == 0) return kernels::generic::sender_sum_rows_plain(sp, gp, rp, snd, op, V, F, begin, end);
       with_chunk(k, [&](auto K) {
-        EKD_CALL(sender_sum_rows, scalar_t, decltype(K)::value, sp, gp, rp, snd, op, V, F, begin, end);
+        constexpr int k_vectors = decltype(K)::value;
+        EKD_DISPATCH(kernels, sender_sum_rows<scalar_t, k_vectors>(sp, gp, rp, snd, op, V, F, begin, end));
       });
     });
   });

@@ -73,14 +73,14 @@ class FusedSum(nn.Module):
 
     def species_environment(self, sensitivity: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                             species: torch.Tensor, n_species: int, n_rows: int, n_receivers: int) -> torch.Tensor:
-        """`PaddedSum.species_environment` as an environment of one-hot features, padded to 8
-        columns (whole vectors for the operator's loops; the padding columns are dropped)."""
+        """`PaddedSum.species_environment` with ekd's `species_sum` (`species_sum.cpp`), the edges
+        in `layout`'s order and each labelled with its sender's species."""
         if sensitivity.device.type != "cpu":
             return self.padded.species_environment(sensitivity, receivers, senders, species, n_species, n_rows,
                                                    n_receivers)
         layout = self.layout(sensitivity, receivers, senders, n_rows, n_receivers, species.shape[0], 0)
-        onehot = nn.functional.one_hot(species, (n_species + 7) // 8 * 8).to(sensitivity.dtype)
-        return self.environment(onehot, layout)[0][:, :, :n_species]
+        sender_species = species.index_select(0, layout[2]).to(torch.int64)
+        return torch.ops.ekd.species_sum(layout[0], sender_species, layout[1], n_species)
 
 
 def neighbour_sum() -> nn.Module:

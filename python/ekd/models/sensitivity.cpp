@@ -37,15 +37,6 @@ namespace ekd_sensitivity_kernels {
 #include "compile_twice.h"
 }  // namespace ekd_sensitivity_kernels
 
-// KERNEL<T>(...) in the AVX2 build where the CPU has it, else in the generic one
-#ifdef EKD_AVX2
-#define EKD_SENSITIVITY_CALL(KERNEL, T, ...)                                       \
-  (ekd_cpu::has_avx2() ? ekd_sensitivity_kernels::avx2::KERNEL<T>(__VA_ARGS__) \
-                       : ekd_sensitivity_kernels::generic::KERNEL<T>(__VA_ARGS__))
-#else
-#define EKD_SENSITIVITY_CALL(KERNEL, T, ...) ekd_sensitivity_kernels::generic::KERNEL<T>(__VA_ARGS__)
-#endif
-
 namespace {
 
 using torch::Tensor;
@@ -85,7 +76,8 @@ std::tuple<Tensor, Tensor> sensitivities_and_slopes(const Tensor& r_in, const Te
       // memory instead of three (exp over the whole table took 12 ms of a 165 ms force call)
       for (int64_t start = begin; start < end; start += kExpBlock) {
         const int64_t stop = std::min(start + kExpBlock, end);
-        EKD_SENSITIVITY_CALL(forward_rows, scalar_t, rp, cp, scalar_t(m), scalar_t(cutoff), V, op, sp, start, stop);
+        EKD_DISPATCH(ekd_sensitivity_kernels,
+                   forward_rows<scalar_t>(rp, cp, scalar_t(m), scalar_t(cutoff), V, op, sp, start, stop));
         out.narrow(0, start, stop - start).exp_();
       }
     });
@@ -112,8 +104,9 @@ std::tuple<Tensor, Tensor> sensitivities_backward_cpu(const Tensor& g_in, const 
     scalar_t *grp = grad_r.data_ptr<scalar_t>(), *gcp = grad_coef.data_ptr<scalar_t>();
     at::parallel_for(0, E, kGrain, [&](int64_t begin, int64_t end) {
       scalar_t* mine = want_coefficients ? gcp + std::min<int64_t>(at::get_thread_num(), threads - 1) * 4 * V : nullptr;
-      EKD_SENSITIVITY_CALL(backward_rows, scalar_t, gp, sp, rp, lp, cp, scalar_t(m), scalar_t(cutoff),
-                           floor_sensitivity<scalar_t>(), V, grp, mine, begin, end);
+      EKD_DISPATCH(ekd_sensitivity_kernels,
+                   backward_rows<scalar_t>(gp, sp, rp, lp, cp, scalar_t(m), scalar_t(cutoff),
+                                           floor_sensitivity<scalar_t>(), V, grp, mine, begin, end));
     });
   });
   return {grad_r, want_coefficients ? grad_coef.sum(0) : Tensor()};
@@ -145,8 +138,9 @@ std::vector<Tensor> sensitivities_double_backward_cpu(const Tensor& h_in, const 
     scalar_t* gcp = grad_coef.data_ptr<scalar_t>();
     at::parallel_for(0, E, kGrain, [&](int64_t begin, int64_t end) {
       scalar_t* mine = want[3] ? gcp + std::min<int64_t>(at::get_thread_num(), threads - 1) * 4 * V : nullptr;
-      EKD_SENSITIVITY_CALL(double_backward_rows, scalar_t, hp, gp, sp, rp, lp, cp, scalar_t(m), scalar_t(cutoff),
-                           floor_sensitivity<scalar_t>(), V, ggp, gsp, grp, mine, begin, end);
+      EKD_DISPATCH(ekd_sensitivity_kernels,
+                   double_backward_rows<scalar_t>(hp, gp, sp, rp, lp, cp, scalar_t(m), scalar_t(cutoff),
+                                                  floor_sensitivity<scalar_t>(), V, ggp, gsp, grp, mine, begin, end));
     });
   });
   return {grad_g, grad_s, grad_r, want[3] ? grad_coef.sum(0) : Tensor()};
