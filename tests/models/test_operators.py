@@ -151,6 +151,24 @@ def test_sensitivities_by_finite_differences() -> None:
     assert torch.autograd.gradgradcheck(call, (r, coefficients))
 
 
+def test_sensitivities_in_float32_against_float64() -> None:
+    """float32 sensitivities (their own exp, sensitivity_kernels.h) and their gradient in r
+    against the stock formula in float64, as close as the stock formula in float32 is (its
+    rounding of the exponent's terms dominates): 1e-6 and 1e-5 of the largest value."""
+    r, coefficients = sensitivity_inputs(2000, 16, torch.Generator().manual_seed(6))
+    m = torch.tensor(0.7, dtype=torch.float64)
+    exact = StockExponentials()(r, coefficients, m, 5.0)
+    r32 = r.detach().float().requires_grad_(True)
+    fast = torch.ops.ekd.sensitivities(r32, coefficients.detach().float(), 0.7, 5.0)
+    stock32 = StockExponentials()(r.detach().float(), coefficients.detach().float(), m.float(), 5.0)
+    for result in (fast, stock32):
+        assert (result.double() - exact).abs().max() <= 1e-6 * exact.abs().max()
+    upstream = torch.randn(exact.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    exact_grad, = torch.autograd.grad(exact, r, upstream)
+    fast_grad, = torch.autograd.grad(fast, r32, upstream.float())
+    assert (fast_grad.double() - exact_grad).abs().max() <= 1e-5 * exact_grad.abs().max()
+
+
 def test_sensitivities_force_training_derivatives() -> None:
     """The path of training with a force loss: the gradient with respect to r alone, recorded
     (create_graph), is its own operator; its derivatives in r, in the upstream gradient and in

@@ -8,7 +8,7 @@
 // with the coefficients (a, b, c, d) = coefficients[0..3, v] computed in Python from the
 // trainable centres and widths (radial.py). Written with stock operators this is a dozen passes
 // over the (edges x sensitivities) table forward and as many backward; here the forward writes
-// s once (x, then exp in place by ATen, block by block while in cache) and each edge's slope
+// s once (x, then exp: its own in float32, ATen's block by block in float64) and each edge's slope
 // L'(r), and the backward reads g, s and the slopes once to give the gradient with respect to r
 // and to the coefficients. The loops are in sensitivity_kernels.h.
 //
@@ -25,6 +25,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
@@ -72,13 +74,14 @@ std::tuple<Tensor, Tensor> sensitivities_and_slopes(const Tensor& r_in, const Te
     const scalar_t *rp = r.data_ptr<scalar_t>(), *cp = coef.data_ptr<scalar_t>();
     scalar_t *op = out.data_ptr<scalar_t>(), *sp = want_slope ? slope.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, E, kGrain, [&](int64_t begin, int64_t end) {
-      // exp (ATen's, vectorised) block by block while the block is in cache: one pass over
-      // memory instead of three (exp over the whole table took 12 ms of a 165 ms force call)
+      // float32: exp in the loop (exp_float); float64: ATen's exp, block by block while the
+      // block is in cache (one pass over memory instead of three: exp over the whole table took
+      // 12 ms of a 165 ms force call)
       for (int64_t start = begin; start < end; start += kExpBlock) {
         const int64_t stop = std::min(start + kExpBlock, end);
         EKD_DISPATCH(ekd_sensitivity_kernels,
                    forward_rows<scalar_t>(rp, cp, scalar_t(m), scalar_t(cutoff), V, op, sp, start, stop));
-        out.narrow(0, start, stop - start).exp_();
+        if (!std::is_same<scalar_t, float>::value) out.narrow(0, start, stop - start).exp_();
       }
     });
   });

@@ -10,6 +10,23 @@
 // L' is computed once, in the forward, and kept per edge ("slope"): the backward passes then call
 // no tangent, which took more time than the rest of the backward (14 ns per edge, float32).
 
+// exp(x) in float32 for x in [-60, 88] (callers clamp), vectorised by the compiler:
+// x = k ln 2 + f with |f| <= ln 2 / 2, exp(x) = 2^k p(f), p Cephes' degree-7 polynomial; at most
+// 2.3e-7 relative error over [-60, 10] (two float32 ulp, built as this file is), at 0.3 ns per
+// value against ATen's vectorised exp at 0.5-0.8 ns (one thread, measured 2026-12-02)
+inline float exp_float(float x) {
+  // rounded explicitly: this file is built with -fassociative-math, which would fold the
+  // add-and-subtract-2^23 rounding trick away
+  const float k = std::nearbyint(x * 1.44269504088896341f);
+  const float f = (x - k * 0.693359375f) - k * -2.12194440e-4f;  // ln 2 in two parts (Cody-Waite)
+  const float p = (((((1.9875691500e-4f * f + 1.3981999507e-3f) * f + 8.3334519073e-3f) * f + 4.1665795894e-2f) * f +
+                    1.6666665459e-1f) * f + 5.0000001201e-1f) * (f * f) + f + 1.0f;
+  const int32_t exponent = (static_cast<int32_t>(k) + 127) << 23;  // 2^k as a float's bits
+  float scale;
+  __builtin_memcpy(&scale, &exponent, sizeof scale);
+  return p * scale;
+}
+
 template <typename T>
 inline T cutoff_log(T r, T cutoff) {
   if (r >= cutoff) return T(kOutside);
@@ -17,7 +34,8 @@ inline T cutoff_log(T r, T cutoff) {
   return std::log(c * c);
 }
 
-// x clamped at the floor for every edge, and L' where `slope` is not null
+// x clamped at the floor for every edge (float32: exp(x), see exp_float), and L' where `slope` is
+// not null
 template <typename T>
 void forward_rows(const T* r, const T* coef, T m, T cutoff, int64_t V, T* x, T* slope, int64_t begin, int64_t end) {
   for (int64_t e = begin; e < end; ++e) {
@@ -33,6 +51,9 @@ void forward_rows(const T* r, const T* coef, T m, T cutoff, int64_t V, T* x, T* 
     T* xe = x + e * V;
     for (int64_t v = 0; v < V; ++v)
       xe[v] = std::max((coef[v] * u + coef[V + v]) * u + coef[2 * V + v] + coef[3 * V + v] * log_cut, T(kFloor));
+    if constexpr (std::is_same<T, float>::value) {
+      for (int64_t v = 0; v < V; ++v) xe[v] = exp_float(std::min(xe[v], 88.0f));
+    }
   }
 }
 
