@@ -6,7 +6,10 @@ rate of this process on the same threads, measured in the same run.
 The FLOPs are those the model executes, empty slots of HIP-NN's padded neighbour layout
 included; ekd's neighbour sums (`models/neighbour_sum.cpp`, which replace that layout's batched
 products) count 2·edges·ν·F each, their multiply-adds. Element-wise work (sensitivities,
-activations, gathers, scatter-adds) is not counted: it is what keeps a model below the GEMM rate.
+activations, gathers, scatter-adds, and layer 0's sum of sensitivities by species, `species_sum`
+and `species_gather`) is not counted: it is what keeps a model below the GEMM rate. (Before
+those two operators, 2026-12-02, layer 0 was a neighbour sum of one-hot features padded to 8
+columns and counted as such: 0.311 instead of 0.280 MFLOP per atom for the demo student.)
 """
 
 from __future__ import annotations
