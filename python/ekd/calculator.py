@@ -18,6 +18,12 @@ energy or force is NonFiniteOutput (which stability runs count as a failed traje
 Neighbour pairs come from `ekd.data.neighbors.VerletNeighbors`: kept between calls and rebuilt
 only when an atom moved more than half of `skin` (Å, default 1; 0 rebuilds every call), so MD
 pays for a neighbour search every few steps; the results are those of a fresh search.
+
+As `pair_style ekd` by default (`heap keep`), the calculator sets the process's C library to
+keep freed memory (`ekd.heap`): each call reuses the previous call's pages instead of faulting
+its tables in again (the demo student on 14,625 ethanol atoms, neighbour search included: a
+call took 442-592 ms kept against 712-1358 ms, three alternated processes, 2026-12-02).
+`keep_memory=False` leaves the C library's defaults.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from .data.neighbors import VerletNeighbors
 from .errors import ModelFileError, NonFiniteOutput
 from .export import force_deviation
+from .heap import keep_freed_memory
 
 
 # What a file with a per-atom uncertainty (or an ensemble) gives beside energy and forces.
@@ -44,9 +51,12 @@ class EKDCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", *UNCERTAINTY]
 
     def __init__(self, model_path: str, device: str = "cpu", skin: float = 1.0, uncertainty: bool = False,
-                 **kwargs: Any) -> None:
+                 keep_memory: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ekd.export import load_exported
+
+        if keep_memory:
+            keep_freed_memory()
 
         self.model = load_exported(model_path, device)
         self.metadata = self.model.metadata

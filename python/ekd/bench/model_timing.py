@@ -15,7 +15,6 @@ small and the benchmark process itself never holds a large model's memory.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import subprocess
 import sys
@@ -29,19 +28,8 @@ import torch
 from ase import Atoms
 
 from ..export import graph_of, load_exported
+from ..heap import keep_freed_memory
 from .flops import matmul_flops, sgemm_gflops
-
-
-def keep_tensor_memory() -> None:
-    """As `pair_style ekd ... heap keep`: glibc serves large blocks from its heap and keeps
-    freed memory, so each call reuses the previous call's pages (no-op without glibc)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h>
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup: int = 2) -> Dict[str, float]:
@@ -49,7 +37,7 @@ def time_model(model: Path, atoms: Atoms, threads: int, repeats: int = 5, warmup
     calls added to the process's peak ("added_mb": the model's working memory, its tensors and
     what autograd keeps; on Linux, else NaN), its matrix-product FLOPs ("matmul_flops") and this
     process's float32 GEMM rate on the same threads ("sgemm_gflops", `flops.py`)."""
-    keep_tensor_memory()
+    keep_freed_memory()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -95,9 +83,8 @@ def time_ase_md(model: Path, atoms: Atoms, threads: int, steps: int = 20, warmup
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
-    from ..calculator import EKDCalculator
+    from ..calculator import EKDCalculator  # which keeps freed memory, as the pair style
 
-    keep_tensor_memory()
     torch.set_num_threads(threads)
     atoms = atoms.copy()
     atoms.calc = EKDCalculator(str(model))
