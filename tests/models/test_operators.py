@@ -124,6 +124,10 @@ def test_species_sums_by_hand_and_by_finite_differences(n_species: int, sensitiv
     wrong[5] = n_species
     with pytest.raises(RuntimeError, match=f"ekd::species_sum: edge 5 has sender species {n_species}, outside"):
         torch.ops.ekd.species_sum(s, wrong, row_ptr, n_species)
+    with pytest.raises(RuntimeError, match="ekd::species_gather: expects g \\(R, V, n_species\\)"):
+        torch.ops.ekd.species_gather(grad[:, :, :1], *graph)
+    with pytest.raises(RuntimeError, match="ekd::species_sum: .* edges but .* sender species"):
+        torch.ops.ekd.species_sum(s, sender_species[1:], row_ptr, n_species)
 
 
 def sensitivity_inputs(n_edges: int, n_sensitivities: int, g: torch.Generator):

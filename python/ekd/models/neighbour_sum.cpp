@@ -45,8 +45,7 @@ struct Graph {
   int64_t n_senders;
 };
 
-// ---- dispatch: instruction set and vectors per chunk ------------------------------------------
-
+// ---- dispatch: vectors per chunk (the instruction set: EKD_DISPATCH, cpu_features.h) ----------
 
 // fn(std::integral_constant<int, K>) for K = k in 1..4
 template <typename Fn>
