@@ -1,5 +1,5 @@
-"""ekd's own operators (models/neighbour_sum.cpp, sensitivity.cpp, edge_length.cpp) against
-the stock PyTorch path they replace: the same energies, forces and force-loss gradients (second derivatives) of
+"""ekd's own operators (models/neighbour_sum.cpp, species_sum.cpp, sensitivity.cpp,
+edge_length.cpp, activation.cpp) against the stock PyTorch path they replace: the same energies, forces and force-loss gradients (second derivatives) of
 whole HIP-NN models, in float64 to 1e-12 and float32 to 1e-5 relative; their derivatives by
 finite differences; and their refusal of malformed graphs."""
 
@@ -9,7 +9,9 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
+from ekd.models.activation import FusedSiLU
 from ekd.models.neighbour_sum import FusedSum, PaddedSum
 from ekd.models.operators import fused_available
 from ekd.models.radial import FusedExponentials, FusedLengths, StockExponentials, StockLengths
@@ -24,6 +26,9 @@ def stock_copy(model):
     stock.neighbour_sum = PaddedSum()
     stock.sensitivity.exponentials = StockExponentials()
     stock.lengths = StockLengths()
+    for module in stock.modules():
+        if isinstance(getattr(module, "activation", None), FusedSiLU):
+            module.activation = nn.SiLU()
     return stock
 
 
@@ -46,7 +51,8 @@ def test_fused_model_equals_stock(dtype: torch.dtype, tolerance: float, n_intera
     """Shuffled edges (not in receiver order) and pruned rows (only 12 energies wanted) included."""
     model = make_model(dtype, n_interactions=n_interactions)
     assert isinstance(model.neighbour_sum, FusedSum) and isinstance(model.sensitivity.exponentials, FusedExponentials)
-    assert isinstance(model.lengths, FusedLengths)
+    assert isinstance(model.lengths, FusedLengths) and model.training
+    assert isinstance(model.blocks[0].atom_layers[0].activation, FusedSiLU)
     species, x = molecule(dtype, n=30, seed=3)
     receivers, senders = all_edges(x, model.cutoff)
     if shuffle:
@@ -218,6 +224,29 @@ def test_edge_lengths_against_vector_norm_and_by_finite_differences() -> None:
     assert torch.autograd.gradgradcheck(torch.ops.ekd.edge_lengths, (nonzero,))
     with pytest.raises(RuntimeError, match="expects floating-point edge vectors \\(E, 3\\)"):
         torch.ops.ekd.edge_lengths(torch.ones(4, 2))
+
+
+def test_silu_and_its_derivatives() -> None:
+    """ekd::silu: the values of `silu` bit for bit, first and second derivatives by finite differences (and
+    a third, which nothing asks for, still right); only training calls it, and a scripted model
+    (what export writes) calls the stock operator."""
+    x = torch.linspace(-30.0, 30.0, 301, dtype=torch.float64).reshape(7, 43).requires_grad_(True)
+    x32 = x.detach().float()
+    assert torch.equal(torch.ops.ekd.silu(x), nn.functional.silu(x))
+    assert torch.equal(torch.ops.ekd.silu(x32), nn.functional.silu(x32))
+    small = (x[:2, :9] / 6).detach().requires_grad_(True)
+    assert torch.autograd.gradcheck(torch.ops.ekd.silu, (small,))
+    assert torch.autograd.gradgradcheck(torch.ops.ekd.silu, (small,))
+
+    def slope(v: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.grad(torch.ops.ekd.silu(v).sum(), v, create_graph=True)[0]
+
+    assert torch.autograd.gradgradcheck(slope, (small,))
+    fused = FusedSiLU()
+    assert torch.equal(fused.eval()(x32), nn.functional.silu(x32))
+    assert "ekd" not in torch.jit.script(fused.train()).code
+    with pytest.raises(RuntimeError, match="expects a floating-point tensor on the CPU"):
+        torch.ops.ekd.silu(torch.ones(3, dtype=torch.long))
 
 
 def test_malformed_graphs_are_refused() -> None:

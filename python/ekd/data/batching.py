@@ -31,6 +31,8 @@ class Batch:
     targets:       named labels: `energy` (B,), `forces` (A, 3), `atom_energy` (A,), ...;
                    a NaN entry means "no label here".
     ids:           (B,) conformation indices in the data set.
+    complete:      names of the targets known to have no NaN entry in this batch (the loss
+                   then need not look; a target not named may still be complete).
     """
 
     species: torch.Tensor
@@ -42,6 +44,7 @@ class Batch:
     n_conformations: int
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
     ids: Optional[torch.Tensor] = None
+    complete: frozenset[str] = frozenset()
 
     @property
     def n_atoms(self) -> torch.Tensor:
@@ -98,6 +101,9 @@ class GraphData:
             self.atom_targets[name] = t(values, dtype)
         for name, values in (conformation_labels or {}).items():
             self.conformation_targets[name] = t(values, dtype)
+        # a target finite everywhere is finite in every batch: the loss then skips its checks
+        self.complete = frozenset(name for name, v in {**self.conformation_targets, **self.atom_targets}.items()
+                                  if bool(torch.isfinite(v).all()))
 
     def __len__(self) -> int:
         return int(self.n_atoms.shape[0])
@@ -125,6 +131,7 @@ class GraphData:
             n_conformations=len(ids),
             targets=targets,
             ids=ids,
+            complete=self.complete,
         )
 
     def batches(self, ids: np.ndarray, batch_size: int, shuffle: bool = False,

@@ -21,12 +21,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .activation import ACTIVATIONS
 from .graph import rows_per_layer
 from .neighbour_sum import neighbour_sum
 from .potential import Potential
 from .radial import InverseGaussianSensitivity, edge_lengths
 
-ACTIVATIONS = {"softplus": nn.Softplus, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """ekd's own operators: `torch.ops.ekd.*`, C++ in `neighbour_sum.cpp` (HIP-NN's neighbour
 sums), `species_sum.cpp` (layer 0's sum by species), `sensitivity.cpp` (its distance
-sensitivities) and `edge_length.cpp`, built into `lib/libekdops.so` by
-`python -m ekd.plugin build`. A HIP-NN made while they are loaded uses them on the CPU (forward,
-forces and the second derivatives of force-loss training), and its exported files call them:
-the pair style links the library and `ekd.export.load_exported` loads it. Without the library
-(or with EKD_FUSED=0) models use stock PyTorch operators, to the same numbers within rounding.
+sensitivities), `edge_length.cpp`, and two that only training calls: `activation.cpp` (SiLU
+with one-operator derivatives) and `../training/loss.cpp` (RMSE + MAE), all built into
+`lib/libekdops.so` by `python -m ekd.plugin build`. A HIP-NN made while they are loaded uses them
+on the CPU (forward, forces and the second derivatives of force-loss training), and its exported
+files call the first four: the pair style links the library and `ekd.export.load_exported`
+loads it. Without the library (or with EKD_FUSED=0) models use stock PyTorch operators, to the
+same numbers within rounding.
 """
 
 from __future__ import annotations

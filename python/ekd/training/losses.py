@@ -10,21 +10,35 @@ import torch
 from ..data import Batch
 from ..models import Prediction
 from ..models.graph import scatter_sum
+from ..models.operators import fused_available
 from .config import TrainConfig
 
 
-def rmse_plus_mae(prediction: torch.Tensor, target: torch.Tensor,
-                  weight: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+def rmse_plus_mae(prediction: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                  complete: bool = False) -> Optional[torch.Tensor]:
     """RMSE + MAE over the finite entries of `target`; None when there are none. With `weight`
-    (one per row of `target`), both are weighted means: √(Σw·d²/Σw) + Σw·|d|/Σw."""
-    mask = torch.isfinite(target)
-    if not bool(mask.any()):
+    (one per row of `target`), both are weighted means: √(Σw·d²/Σw) + Σw·|d|/Σw. `complete`:
+    the caller knows every entry is finite (`Batch.complete`), which saves looking.
+
+    On the CPU with ekd's operators loaded this is one operator (`training/loss.cpp`; a training
+    step is bound by its count of operators), else `stock_rmse_plus_mae`."""
+    if not complete and not bool(torch.isfinite(target).any()):
         return None
-    everywhere = bool(mask.all())  # the usual case: no gather of the labelled entries, nor its backward
-    diff = prediction - target if everywhere else prediction[mask] - target[mask]
+    if target.device.type == "cpu" and fused_available():
+        return torch.ops.ekd.rmse_plus_mae(prediction, target, weight)  # skips non-finite targets
+    return stock_rmse_plus_mae(prediction, target, weight, complete)
+
+
+def stock_rmse_plus_mae(prediction: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                        complete: bool = False) -> torch.Tensor:
+    """`rmse_plus_mae` in PyTorch operators (any device), for targets with a finite entry."""
+    mask = None if complete else torch.isfinite(target)
+    if mask is not None and bool(mask.all()):
+        mask = None  # the usual case: no gather of the labelled entries, nor its backward
+    diff = prediction - target if mask is None else prediction[mask] - target[mask]
     if weight is None:
         return diff.square().mean().sqrt() + diff.abs().mean()
-    w = entry_weights(weight, target) if everywhere else entry_weights(weight, target)[mask]
+    w = entry_weights(weight, target) if mask is None else entry_weights(weight, target)[mask]
     total = w.sum()
     return ((w * diff.square()).sum() / total).sqrt() + (w * diff.abs()).sum() / total
 
@@ -48,10 +62,10 @@ SPREAD_FLOOR = 1e-3
 
 
 def log_ratio_loss(uncertainty: torch.Tensor, spread: torch.Tensor,
-                   weight: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+                   weight: Optional[torch.Tensor] = None, complete: bool = False) -> Optional[torch.Tensor]:
     """RMSE + MAE of log(u) − log(σ): the spreads span orders of magnitude between a calm and a
     strained atom, and what matters is their ranking and ratio, not their absolute size."""
-    return rmse_plus_mae(torch.log(uncertainty), torch.log(spread.clamp_min(SPREAD_FLOOR)), weight)
+    return rmse_plus_mae(torch.log(uncertainty), torch.log(spread.clamp_min(SPREAD_FLOOR)), weight, complete)
 
 
 def hierarchicality(terms: torch.Tensor, conformation: torch.Tensor, n_conformations: int,
@@ -71,16 +85,21 @@ def loss_terms(prediction: Prediction, batch: Batch, config: TrainConfig,
                zeroth_order: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """Each weighted loss term that has labels in this batch (unweighted values)."""
     terms: Dict[str, torch.Tensor] = {}
+    weights = {False: row_weights(batch, per_atom=False)}
+    if weights[False] is not None:
+        weights[True] = row_weights(batch, per_atom=True)  # once for every atom term
     wanted = {"energy": (config.energy_weight, prediction.energy),
               "forces": (config.forces_weight, prediction.forces),
               "atom_energy": (config.atom_energy_weight, prediction.atom_energy)}
     for name, (weight, predicted) in wanted.items():
         if weight > 0 and predicted is not None and name in batch.targets:
-            value = rmse_plus_mae(predicted, batch.targets[name], row_weights(batch, per_atom=name != "energy"))
+            value = rmse_plus_mae(predicted, batch.targets[name], weights.get(name != "energy"),
+                                  name in batch.complete)
             if value is not None:
                 terms[name] = value
     if config.uncertainty_weight > 0 and prediction.uncertainty is not None and "uncertainty" in batch.targets:
-        value = log_ratio_loss(prediction.uncertainty, batch.targets["uncertainty"], row_weights(batch, per_atom=True))
+        value = log_ratio_loss(prediction.uncertainty, batch.targets["uncertainty"], weights.get(True),
+                               "uncertainty" in batch.complete)
         if value is not None:
             terms["uncertainty"] = value
     if config.hierarchicality > 0 and prediction.terms.shape[1] > 1 and zeroth_order is not None:
