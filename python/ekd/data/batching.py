@@ -111,22 +111,23 @@ class GraphData:
     def batch(self, ids: torch.Tensor | np.ndarray) -> Batch:
         """Gather conformations `ids` into one disjoint graph."""
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
-        counts = self.n_atoms[ids]
-        atoms = _ranges(self.atom_offsets[ids], counts)
+        # index_select gathers rows faster than [ ] (the general indexing path): ~15 per batch
+        counts = self.n_atoms.index_select(0, ids)
+        atoms = _ranges(self.atom_offsets.index_select(0, ids), counts)
         batch_start = torch.cumsum(counts, 0) - counts
-        pair_counts = self.n_pairs[ids]
-        pairs = _ranges(self.pair_offsets[ids], pair_counts)
+        pair_counts = self.n_pairs.index_select(0, ids)
+        pairs = _ranges(self.pair_offsets.index_select(0, ids), pair_counts)
         pair_shift_to_batch = torch.repeat_interleave(batch_start, pair_counts, output_size=pairs.shape[0])
         conformation = torch.repeat_interleave(torch.arange(len(ids), device=self.device), counts,
                                                output_size=atoms.shape[0])
-        targets = {k: v[ids] for k, v in self.conformation_targets.items()}
-        targets.update({k: v[atoms] for k, v in self.atom_targets.items()})
+        targets = {k: v.index_select(0, ids) for k, v in self.conformation_targets.items()}
+        targets.update({k: v.index_select(0, atoms) for k, v in self.atom_targets.items()})
         return Batch(
-            species=self.species[atoms],
-            positions=self.positions[atoms],
-            receivers=self.pair_receiver[pairs] + pair_shift_to_batch,
-            senders=self.pair_sender[pairs] + pair_shift_to_batch,
-            shifts=None if self.pair_shift is None else self.pair_shift[pairs],
+            species=self.species.index_select(0, atoms),
+            positions=self.positions.index_select(0, atoms),
+            receivers=self.pair_receiver.index_select(0, pairs) + pair_shift_to_batch,
+            senders=self.pair_sender.index_select(0, pairs) + pair_shift_to_batch,
+            shifts=None if self.pair_shift is None else self.pair_shift.index_select(0, pairs),
             conformation=conformation,
             n_conformations=len(ids),
             targets=targets,

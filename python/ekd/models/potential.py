@@ -80,7 +80,9 @@ class Prediction:
 def edge_vectors(positions: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                  shifts: Optional[torch.Tensor]) -> torch.Tensor:
     """x(sender image) − x(receiver)."""
-    vectors = positions[senders] - positions[receivers]
+    # index_select, not [ ]: its backward is an index_add, not an accumulating index_put (a training
+    # step of the demo student differentiates this three times; 129 → 89 µs forward and backward)
+    vectors = positions.index_select(0, senders) - positions.index_select(0, receivers)
     return vectors if shifts is None else vectors + shifts
 
 
