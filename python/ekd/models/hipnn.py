@@ -28,7 +28,6 @@ from .potential import Potential
 from .radial import InverseGaussianSensitivity, edge_lengths
 
 
-
 @dataclass
 class HIPNNConfig:
     """HIP-NN hyperparameters. Defaults: the published ANI-1ccx teacher setting.

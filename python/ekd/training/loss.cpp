@@ -98,9 +98,9 @@ Tensor gradient_aten(const Tensor& g, const Tensor& prediction, const Tensor& ta
   const Tensor d = torch::where(finite, prediction - torch::where(finite, target, torch::zeros_like(target)),
                                 torch::zeros_like(prediction));
   Tensor w = finite.to(prediction.scalar_type());
-  if (weight.defined()) {
+  if (weight.defined()) {  // one per row, broadcast over the row's entries (a 0-dim prediction: one)
     std::vector<int64_t> shape(prediction.dim(), 1);
-    shape[0] = weight.size(0);
+    if (!shape.empty()) shape[0] = weight.size(0);
     w = w * weight.reshape(shape);
   }
   const Tensor total = w.sum(), rmse = ((w * d * d).sum() / total).sqrt();

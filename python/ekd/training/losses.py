@@ -53,7 +53,7 @@ def row_weights(batch: Batch, per_atom: bool) -> Optional[torch.Tensor]:
     weight = batch.targets.get("weight")
     if weight is None:
         return None
-    return weight[batch.conformation] if per_atom else weight
+    return weight.index_select(0, batch.conformation) if per_atom else weight
 
 
 # Teachers' force spreads below this (eV/Å) count as this in the log-space uncertainty loss: an
@@ -85,20 +85,19 @@ def loss_terms(prediction: Prediction, batch: Batch, config: TrainConfig,
                zeroth_order: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """Each weighted loss term that has labels in this batch (unweighted values)."""
     terms: Dict[str, torch.Tensor] = {}
-    weights = {False: row_weights(batch, per_atom=False)}
-    if weights[False] is not None:
-        weights[True] = row_weights(batch, per_atom=True)  # once for every atom term
+    conformation_weight = row_weights(batch, per_atom=False)
+    atom_weight = row_weights(batch, per_atom=True)  # once for every atom term
     wanted = {"energy": (config.energy_weight, prediction.energy),
               "forces": (config.forces_weight, prediction.forces),
               "atom_energy": (config.atom_energy_weight, prediction.atom_energy)}
     for name, (weight, predicted) in wanted.items():
         if weight > 0 and predicted is not None and name in batch.targets:
-            value = rmse_plus_mae(predicted, batch.targets[name], weights.get(name != "energy"),
-                                  name in batch.complete)
+            value = rmse_plus_mae(predicted, batch.targets[name],
+                                  conformation_weight if name == "energy" else atom_weight, name in batch.complete)
             if value is not None:
                 terms[name] = value
     if config.uncertainty_weight > 0 and prediction.uncertainty is not None and "uncertainty" in batch.targets:
-        value = log_ratio_loss(prediction.uncertainty, batch.targets["uncertainty"], weights.get(True),
+        value = log_ratio_loss(prediction.uncertainty, batch.targets["uncertainty"], atom_weight,
                                "uncertainty" in batch.complete)
         if value is not None:
             terms["uncertainty"] = value
