@@ -59,7 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "one run per seed (default 0: no box)")
     parser.add_argument("--density", type=float, default=0.9, help="mass density of the LAMMPS box, g/cm³ (default 0.9)")
     parser.add_argument("--box-relax-steps", type=int, default=RELAX_STEPS, metavar="N",
-                        help=f"relax the box's lattice start for at most N conjugate-gradient steps before its MD "
+                        help=f"relax the box's packed start for at most N conjugate-gradient steps before its MD "
                              f"(default {RELAX_STEPS}; 0: none)")
     parser.add_argument("--out", type=Path, default=Path("stability"), help="output folder (default stability/)")
     # One thread: a molecule of a few atoms gives threads nothing to share, and on a busy machine

@@ -20,7 +20,7 @@ from .criterion import Failure, FailureCriterion, covalent_bonds, sampled_failur
 from .trajectories import MDSettings, Molecule, TrajectoryResult
 
 DUMP_EVERY = 10            # steps between dumped frames (energies are checked at every step)
-# The lattice start is relaxed first: unrelaxed, a 512-water box heated to 1,500 K within 50 fs
+# The packed start is relaxed first: unrelaxed, a 512-water box heated to 1,500 K within 50 fs
 # and its hydrogens fell into their oxygens; relaxed, the same model kept it molecular
 # (docs/results.md, "Towards liquid water").
 RELAX_STEPS = 200
@@ -38,7 +38,7 @@ class BoxSettings:
 
 
 def build_box(molecules: List[Molecule], settings: BoxSettings, cutoff: float) -> Atoms:
-    """A periodic box of the molecules (randomly rotated, on a lattice), replicated to about
+    """A periodic box of the molecules (packed at random, `base_box`), replicated to about
     `settings.atoms` atoms (the benchmark's boxes); refused if its molecules overlap or it is
     smaller than the largest model `cutoff` + skin."""
     items = [Atoms(numbers=m.species, positions=m.positions) for m in molecules]
