@@ -1,6 +1,6 @@
 """ekd's own operators (models/neighbour_sum.cpp, species_sum.cpp, sensitivity.cpp,
-edge_length.cpp, activation.cpp) against the stock PyTorch path they replace: the same energies, forces and force-loss gradients (second derivatives) of
-whole HIP-NN models, in float64 to 1e-12 and float32 to 1e-5 relative; their derivatives by
+edge_length.cpp, activation.cpp) against the stock PyTorch path they replace: the same
+energies, forces and force-loss gradients (second derivatives) of whole HIP-NN models, in float64 to 1e-12 and float32 to 1e-5 relative; their derivatives by
 finite differences; and their refusal of malformed graphs."""
 
 from __future__ import annotations

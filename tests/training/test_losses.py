@@ -54,6 +54,15 @@ def test_one_operator_loss_equals_stock(dtype: torch.dtype, tolerance: float) ->
         rmse_plus_mae(torch.zeros(3), torch.zeros(4))
     with pytest.raises(RuntimeError, match="weight must be one value per row \\(3\\)"):
         rmse_plus_mae(torch.zeros(3, 3), torch.zeros(3, 3), torch.ones(9))
+    with pytest.raises(RuntimeError, match="expects floating-point prediction and target on the CPU"):
+        torch.ops.ekd.rmse_plus_mae(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), None)
+    with pytest.raises(RuntimeError, match="the weights are constants; they cannot require a gradient"):
+        rmse_plus_mae(torch.zeros(3), torch.zeros(3), torch.ones(3, requires_grad=True))
+    # a non-contiguous prediction (a column): the same value and gradient as its copy
+    column = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda q: torch.ops.ekd.rmse_plus_mae(q[:, 1], target, None), (column,))
+    assert torch.autograd.gradgradcheck(lambda q: torch.ops.ekd.rmse_plus_mae(q[:, 1], target, None), (column,))
 
 
 def test_batches_say_which_targets_are_complete() -> None:

@@ -51,7 +51,7 @@ def base_box(molecules: List[Atoms], copies: int, density: float, seed: int = 0)
     order = rng.permutation(len(items))
     mass = sum(m.get_masses().sum() for m in items)
     length = (mass * AMU_PER_CM3_FROM_A3 / density) ** (1.0 / 3.0)
-    symbols, positions = [], []
+    symbols: List[str] = []
     placed = np.zeros((0, 3))
     for index in order:
         molecule = items[index]
@@ -65,10 +65,9 @@ def base_box(molecules: List[Atoms], copies: int, density: float, seed: int = 0)
                 best, best_gap = candidate, gap
             if gap >= CLEAR_GAP:
                 break
-        positions.append(best)
         placed = np.concatenate([placed, best])
         symbols += molecule.get_chemical_symbols()
-    return Atoms(symbols, positions=np.concatenate(positions), cell=[length] * 3, pbc=True)
+    return Atoms(symbols, positions=placed, cell=[length] * 3, pbc=True)
 
 
 def closest_approach(atoms: np.ndarray, others: np.ndarray, length: float) -> float:

@@ -1,10 +1,10 @@
 // The loops of neighbour_sum.cpp, included there twice (compile_twice.h): once for any CPU and
 // once compiled for AVX2 + FMA (chosen at run time). Each loop takes a range of receivers
 // [begin, end) and their edges (row_ptr, senders). Values move in 32-byte vectors (GCC / Clang
-// vector extensions: 8 floats or 4 doubles); a chunk of K vectors of a feature row is summed in registers, with two
-// independent sums where one would wait on the latency of each multiply-add. Shapes the vector
-// loops do not cover (features not whole vectors, many sensitivities) take the plain loops at
-// the end. No headers here: neighbour_sum.cpp includes what they need.
+// vector extensions: 8 floats or 4 doubles); a chunk of K vectors of a feature row is summed in
+// registers, with two independent sums where one would wait on the latency of each multiply-add.
+// Shapes the vector loops do not cover (features not whole vectors, many sensitivities) take the
+// plain loops at the end. No headers here: neighbour_sum.cpp includes what they need.
 
 template <typename T>
 struct Simd {

@@ -59,31 +59,43 @@ Sums sums(const scalar_t* p, const scalar_t* t, const scalar_t* w, int64_t n, in
   return s;
 }
 
-Tensor rmse_plus_mae_cpu(const Tensor& prediction_in, const Tensor& target_in, const std::optional<Tensor>& weight_in) {
-  const Tensor weight = weight_in.has_value() ? weight_in->contiguous() : Tensor();
-  const int64_t per_row = check(prediction_in, target_in, weight);
-  const Tensor prediction = prediction_in.contiguous(), target = target_in.contiguous();
-  double value = std::nan("");
-  AT_DISPATCH_FLOATING_TYPES(prediction.scalar_type(), "ekd_rmse_plus_mae", [&] {
-    const Sums s = sums(prediction.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(),
-                        weight.defined() ? weight.data_ptr<scalar_t>() : nullptr, prediction.numel(), per_row);
-    value = s.rmse() + s.absolutes / s.weight;  // NaN without a finite target or with zero weights
+// The checked, contiguous inputs and their sums: what the forward computes and the backward reuses
+struct Inputs {
+  Tensor prediction, target, weight;  // weight undefined: all 1
+  int64_t per_row;
+  Sums sums;
+};
+
+Inputs inputs(const Tensor& prediction, const Tensor& target, const std::optional<Tensor>& weight) {
+  Inputs in{prediction.contiguous(), target.contiguous(), weight.has_value() ? weight->contiguous() : Tensor(), 0, {}};
+  in.per_row = check(in.prediction, in.target, in.weight);
+  AT_DISPATCH_FLOATING_TYPES(in.prediction.scalar_type(), "ekd_rmse_plus_mae", [&] {
+    in.sums = sums(in.prediction.data_ptr<scalar_t>(), in.target.data_ptr<scalar_t>(),
+                   in.weight.defined() ? in.weight.data_ptr<scalar_t>() : nullptr, in.prediction.numel(), in.per_row);
   });
-  return torch::full({}, value, prediction.options());
+  return in;
 }
 
-// g ∂loss/∂prediction in one pass (0 at entries without a finite target)
-Tensor gradient(const Tensor& g, const Tensor& prediction, const Tensor& target, const Tensor& weight, int64_t per_row) {
+// NaN without a finite target or with zero weights
+Tensor loss(const Inputs& in) {
+  return torch::full({}, in.sums.rmse() + in.sums.absolutes / in.sums.weight, in.prediction.options());
+}
+
+Tensor rmse_plus_mae_cpu(const Tensor& prediction, const Tensor& target, const std::optional<Tensor>& weight) {
+  return loss(inputs(prediction, target, weight));
+}
+
+// g ∂loss/∂prediction in one pass, from the forward's sums (0 at entries without a finite target)
+Tensor gradient(const Tensor& g, const Tensor& prediction, const Tensor& target, const Tensor& weight, int64_t per_row,
+                double total, double rmse) {
   Tensor out = torch::zeros_like(prediction);
   AT_DISPATCH_FLOATING_TYPES(prediction.scalar_type(), "ekd_rmse_plus_mae_backward", [&] {
     const scalar_t *p = prediction.data_ptr<scalar_t>(), *t = target.data_ptr<scalar_t>();
     const scalar_t* w = weight.defined() ? weight.data_ptr<scalar_t>() : nullptr;
-    const int64_t n = prediction.numel();
-    const Sums s = sums(p, t, w, n, per_row);
-    const double scale = g.item<double>() / s.weight, rmse = s.rmse();
+    const double scale = g.item<double>() / total;
     const double per_square = rmse > 0 ? scale / rmse : 0.0;
     scalar_t* o = out.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = 0; i < prediction.numel(); ++i) {
       if (!std::isfinite(t[i])) continue;
       const double wi = w ? double(w[i / per_row]) : 1.0, d = double(p[i]) - double(t[i]);
       o[i] = scalar_t(wi * (per_square * d + scale * double((d > 0) - (d < 0))));
@@ -110,23 +122,30 @@ Tensor gradient_aten(const Tensor& g, const Tensor& prediction, const Tensor& ta
 }
 
 struct RmsePlusMae : torch::autograd::Function<RmsePlusMae> {
-  // the weights are constants, kept beside the saved inputs (an absent weight is not a tensor input)
+  // the weights are constants, kept beside the saved inputs (an absent weight is not a tensor
+  // input), with the forward's sums for the backward
   static Tensor forward(AutogradContext* ctx, const Tensor& prediction, const Tensor& target,
                         const std::optional<Tensor>& weight) {
+    Inputs in = inputs(prediction, target, weight);
+    // the inputs themselves, not their contiguous copies: a recorded backward differentiates them
     ctx->save_for_backward({prediction, target});
-    if (weight.has_value()) ctx->saved_data["weight"] = *weight;
-    return rmse_plus_mae_cpu(prediction, target, weight);
+    if (in.weight.defined()) ctx->saved_data["weight"] = in.weight;
+    ctx->saved_data["per_row"] = in.per_row;
+    ctx->saved_data["total"] = in.sums.weight;
+    ctx->saved_data["rmse"] = in.sums.rmse();
+    return loss(in);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &prediction = saved[0], &target = saved[1];
     const auto kept = ctx->saved_data.find("weight");
-    const Tensor weight = kept == ctx->saved_data.end() ? Tensor() : kept->second.toTensor().contiguous();
+    const Tensor weight = kept == ctx->saved_data.end() ? Tensor() : kept->second.toTensor();
     const Tensor d_prediction =
         torch::GradMode::is_enabled()
             ? gradient_aten(grad[0], prediction, target, weight)
-            : gradient(grad[0], prediction.contiguous(), target.contiguous(), weight, check(prediction, target, weight));
+            : gradient(grad[0], prediction.contiguous(), target.contiguous(), weight, ctx->saved_data["per_row"].toInt(),
+                       ctx->saved_data["total"].toDouble(), ctx->saved_data["rmse"].toDouble());
     return {d_prediction, ctx->needs_input_grad(1) ? -d_prediction : Tensor(), Tensor()};
   }
 };
